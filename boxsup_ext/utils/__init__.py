@@ -1,0 +1,13 @@
+"""Small shared helpers: atomic file writes and user-facing errors."""
+
+from boxsup_ext.utils.errors import InputError, run_cli
+from boxsup_ext.utils.atomic import atomic_write, atomic_write_bytes, atomic_save_torch, atomic_write_json
+
+__all__ = [
+    "InputError",
+    "run_cli",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_save_torch",
+    "atomic_write_json",
+]
