@@ -1,0 +1,285 @@
+"""Trainer configuration: one dataclass tree, loaded from YAML, overridden with ``--set key=value``.
+
+A YAML file gives any subset of the keys below; missing keys keep their defaults (the paper's
+settings). Unknown keys and values of the wrong type are one-line :class:`InputError` s that name
+the key. ``data.train`` is a list of sources; address its items by index (``data.train.0.root=...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import yaml
+
+from boxsup_ext.utils import InputError, atomic_write
+
+MODES = ("boxsup", "boxsup_greedy", "mask", "rectangles", "grabcut")
+DATASET_KINDS = ("voc", "voc07", "coco", "folder", "synthetic")
+
+
+@dataclass
+class SourceConfig:
+    """One dataset split. ``supervision``: ``auto`` (as the dataset's records say), ``box`` or
+    ``mask`` (forces it for every image). ``proposals``: the proposal store directory used by
+    box-supervised images (the candidates for ``boxsup``; the rectangle / GrabCut store for those
+    baselines). ``limit``: use only the first N images (0 = all)."""
+
+    kind: str = "voc"
+    root: str = ""
+    split: str = "train"
+    supervision: str = "auto"
+    proposals: str = ""
+    limit: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Training sources, the validation split (``val.root`` empty: no validation) and augmentation:
+    random scale in [scale_min, scale_max], random ``crop_size`` x ``crop_size`` crop (pixels),
+    horizontal flip. ``workers``: DataLoader worker processes."""
+
+    train: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    val: SourceConfig = field(default_factory=lambda: SourceConfig(split="val", supervision="mask"))
+    crop_size: int = 321
+    scale_min: float = 0.5
+    scale_max: float = 1.5
+    flip: bool = True
+    workers: int = 2
+
+
+@dataclass
+class ModelConfig:
+    """``name``: ``vgg16_largefov`` or ``tiny_fcn``. ``num_classes`` 0 takes the dataset's count.
+    ``pretrained``: torchvision VGG-16 state dict path or ``imagenet`` (download). ``fc_init``:
+    ``deeplab`` or ``fresh``. ``width``: tiny_fcn channels. ``init_checkpoint``: start from a run's
+    checkpoint (fine-tuning); with ``replace_classifier`` its classifier is swapped for this
+    config's class count (COCO-80 -> PASCAL-CONTEXT-60)."""
+
+    name: str = "vgg16_largefov"
+    num_classes: int = 0
+    pretrained: str = ""
+    fc_init: str = "deeplab"
+    fc_channels: int = 1024
+    width: int = 16
+    dropout: float = 0.5
+    init_checkpoint: str = ""
+    replace_classifier: bool = False
+
+
+@dataclass
+class RelabelConfig:
+    """cost = (1 - IoU) + lam * meanCE; sample uniformly among the ``topk`` cheapest (``boxsup``;
+    ``boxsup_greedy`` uses 1). ``iou``: ``box`` (the paper's Eq. 2, box vs tight box) or ``mask``.
+    ``clip_to_box``: paint each chosen segment only inside its box. ``batch_images``: images per
+    fused-op call. ``snapshot_epochs``: epochs whose labels are copied to labels/snapshots/."""
+
+    lam: float = 3.0
+    topk: int = 5
+    iou: str = "box"
+    clip_to_box: bool = False
+    batch_images: int = 8
+    snapshot_epochs: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 45])
+
+
+@dataclass
+class TrainConfig:
+    """SGD schedule (paper defaults): lr divided by ``lr_gamma``^-1 every ``lr_step`` epochs;
+    ``batch_size`` is global (split over ranks). ``classifier_lr_mult`` scales the classifier's lr
+    (DeepLab uses 10). ``val_every``: validate every N epochs and at the end (0 = only at the end)."""
+
+    mode: str = "boxsup"
+    epochs: int = 45
+    batch_size: int = 20
+    lr: float = 0.001
+    lr_step: int = 15
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    classifier_lr_mult: float = 10.0
+    amp: bool = False
+    val_every: int = 5
+
+
+@dataclass
+class RunConfig:
+    """``device``: ``auto`` (CUDA when present), ``cpu`` or ``cuda``. ``threads``: torch CPU
+    threads (0 = torch's default)."""
+
+    run_dir: str = "runs/boxsup"
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    relabel: RelabelConfig = field(default_factory=RelabelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against the type ``hint`` of config field ``key``; convert where lossless."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise InputError(f"config key {key!r} must be a mapping, got {type(value).__name__}")
+        return _build(hint, value, key)
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"config key {key!r} must be a list, got {value!r}")
+        return [_coerce(item, item_hint, f"{key}.{i}") for i, item in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise InputError(f"config key {key!r} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in hints:
+            raise InputError(f"unknown config key {full!r}; valid keys here: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> Config:
+    """Build a :class:`Config` from nested dicts (missing keys keep defaults) and validate it."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise InputError(f"a config must be a mapping at the top level, got {type(values).__name__}")
+    config = _build(Config, values)
+    validate(config)
+    return config
+
+
+def config_to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides in order."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            line = getattr(getattr(err, "problem_mark", None), "line", None)
+            where = f" at line {line + 1}" if line is not None else ""
+            raise InputError(f"config file {path} is not valid YAML{where}") from None
+        if not isinstance(values, dict):
+            raise InputError(f"config file {path} must hold a mapping at the top level")
+    # Build once from the file so its unknown keys are reported before any override is applied.
+    merged = config_to_dict(_build(Config, values))
+    for item in overrides:
+        apply_override(merged, item)
+    return config_from_dict(merged)
+
+
+def apply_override(values: dict, item: str) -> None:
+    """Apply one ``dotted.key=value`` to the nested dict ``values`` (the value is parsed as YAML)."""
+    if "=" not in item:
+        raise InputError(f"--set expects key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.split(".")
+    node: Any = values
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit():
+                raise InputError(f"--set {key}: {'.'.join(parts[:depth])} is a list; index it with a number")
+            index = int(part)
+            if index == len(node) and not last and node and isinstance(node[-1], dict):
+                # Appending a new list item: start from the defaults of that item type.
+                node.append(config_to_dict(SourceConfig()))
+            if index >= len(node):
+                raise InputError(f"--set {key}: index {index} is out of range (the list has {len(node)} items)")
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if part not in node:
+                valid = ", ".join(node)
+                raise InputError(f"unknown config key {where!r} in --set; valid keys here: {valid}")
+            if last:
+                node[part] = value
+            else:
+                node = node[part]
+        else:
+            raise InputError(f"--set {key}: {'.'.join(parts[:depth])} is not a section")
+
+
+def validate(config: Config) -> None:
+    """Check value ranges and choices; each problem is one line naming the key."""
+    checks = [
+        (config.train.mode in MODES, f"train.mode must be one of {', '.join(MODES)}, got {config.train.mode!r}"),
+        (config.relabel.iou in ("box", "mask"), f"relabel.iou must be 'box' or 'mask', got {config.relabel.iou!r}"),
+        (config.relabel.topk >= 1, f"relabel.topk must be at least 1, got {config.relabel.topk}"),
+        (config.relabel.lam >= 0, f"relabel.lam must be non-negative, got {config.relabel.lam}"),
+        (config.relabel.batch_images >= 1, "relabel.batch_images must be at least 1"),
+        (config.train.epochs >= 1, f"train.epochs must be at least 1, got {config.train.epochs}"),
+        (config.train.batch_size >= 1, f"train.batch_size must be at least 1, got {config.train.batch_size}"),
+        (config.train.lr > 0, f"train.lr must be positive, got {config.train.lr}"),
+        (config.train.lr_step >= 1, f"train.lr_step must be at least 1, got {config.train.lr_step}"),
+        (config.train.val_every >= 0, "train.val_every must be 0 or more"),
+        (config.data.crop_size >= 8, f"data.crop_size must be at least 8, got {config.data.crop_size}"),
+        (0 < config.data.scale_min <= config.data.scale_max, "data.scale_min must be positive and <= data.scale_max"),
+        (config.data.workers >= 0, "data.workers must be 0 or more"),
+        (len(config.data.train) >= 1, "data.train must list at least one source"),
+        (config.run.device in ("auto", "cpu", "cuda"), f"run.device must be auto, cpu or cuda, got {config.run.device!r}"),
+        (config.model.num_classes >= 0, "model.num_classes must be 0 (from the dataset) or at least 2"),
+    ]
+    for index, source in enumerate(config.data.train + [config.data.val]):
+        name = f"data.train.{index}" if index < len(config.data.train) else "data.val"
+        checks.append((source.kind in DATASET_KINDS, f"{name}.kind must be one of {', '.join(DATASET_KINDS)}, got {source.kind!r}"))
+        checks.append((source.supervision in ("auto", "box", "mask"), f"{name}.supervision must be auto, box or mask"))
+        checks.append((source.limit >= 0, f"{name}.limit must be 0 (all) or more"))
+    for ok, message in checks:
+        if not ok:
+            raise InputError(message)
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML text (keys in definition order)."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def save_config(config: Config, path: Union[str, Path]) -> None:
+    """Write the resolved config as YAML, atomically."""
+    with atomic_write(path, "w") as handle:
+        handle.write(dump_config(config))
