@@ -1,0 +1,308 @@
+"""Predict label maps for a dataset and score them: mIoU, per-class IoU, pixel accuracy, trimaps.
+
+One pipeline serves ``evaluate`` and ``predict``: image -> normalised tensor -> multi-scale/flip
+averaged logits -> softmax -> optional dense CRF -> argmax label map. Images of equal size share
+one forward pass; CRF runs in worker processes. Predictions can be written as VOC-palette PNGs
+and are reused on a second run with the same settings, so an interrupted evaluation resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from boxsup_ext.evaluation.crf import CRFParams, dense_crf_many
+from boxsup_ext.evaluation.multiscale import multiscale_logits
+from boxsup_ext.evaluation.trimap import trimap_bands
+from boxsup_ext.metrics import confusion_matrix, miou_from_confusion
+from boxsup_ext.utils import InputError, atomic_write_json
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """How label maps are predicted.
+
+    ``scales``: input resize factors whose score maps are averaged (``(1.0,)`` = single scale;
+    the paper's BoxSup+ uses ``(0.8, 1.0, 1.2)``); ``flip``: also average the mirrored image;
+    ``crf``: dense CRF settings, or None for no CRF; ``batch_size``: images per forward pass
+    (only images of the same size are batched); ``crf_workers``: processes running the CRF.
+    """
+
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    crf: Optional[CRFParams] = None
+    batch_size: int = 4
+    crf_workers: int = 1
+
+    def describe(self) -> dict[str, Any]:
+        """The settings that change predictions, as a JSON-ready dict."""
+        return {
+            "scales": list(self.scales),
+            "flip": self.flip,
+            "crf": dataclasses.asdict(self.crf) if self.crf is not None else None,
+        }
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class LabelPredictor:
+    """Turns RGB images into label maps with a trained model.
+
+    Args:
+        model: segmentation network (float [B, 3, H, W] -> logits [B, C, h, w]); it is moved to
+            ``device`` and put in eval mode.
+        mean, std: RGB normalisation the model was trained with, in [0, 1] units (the
+            checkpoint's ``model_meta["mean"]`` / ``["std"]``).
+        settings: scales, flip, CRF, batching.
+        device: where the network runs (default: GPU if any).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        settings: InferenceSettings = InferenceSettings(),
+        device: Optional[torch.device | str] = None,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(list(std), dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.settings = settings
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Softmax of the averaged score maps, before any CRF.
+
+        Args:
+            images: uint8 [H_i, W_i, 3] RGB images.
+
+        Returns:
+            float32 [C, H_i, W_i] class probabilities per image, in input order.
+        """
+        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise InputError(f"image {index} must be uint8 [H, W, 3] RGB, got {image.dtype} {list(image.shape)}")
+            by_size[image.shape[:2]].append(index)
+        out: list[Optional[np.ndarray]] = [None] * len(images)
+        step = max(1, self.settings.batch_size)
+        for indices in by_size.values():
+            for start in range(0, len(indices), step):
+                chunk = indices[start : start + step]
+                batch = torch.from_numpy(np.stack([images[i] for i in chunk])).to(self.device)
+                batch = (batch.permute(0, 3, 1, 2).float().div_(255.0) - self.mean) / self.std
+                logits = multiscale_logits(self.model, batch, self.settings.scales, self.settings.flip)
+                probs = torch.softmax(logits, dim=1).cpu().numpy()
+                for i, p in zip(chunk, probs):
+                    out[i] = p
+        return [p for p in out if p is not None]
+
+    def labels(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """uint8 [H_i, W_i] label maps (argmax after the optional CRF), in input order."""
+        probs = self.probabilities(images)
+        if self.settings.crf is not None:
+            probs = dense_crf_many(list(images), probs, self.settings.crf, workers=self.settings.crf_workers)
+        return [p.argmax(0).astype(np.uint8) for p in probs]
+
+
+class ConfusionAccumulator:
+    """Sums confusion matrices over images: everywhere, and inside/outside trimap bands.
+
+    Args:
+        num_classes: C including background.
+        trimap_widths: band widths in pixels (see :mod:`boxsup_ext.evaluation.trimap`); empty for
+            no trimap analysis.
+        ignore: ground-truth label that never counts.
+    """
+
+    def __init__(self, num_classes: int, trimap_widths: Sequence[int] = (), ignore: int = 255) -> None:
+        self.num_classes = num_classes
+        self.trimap_widths = tuple(trimap_widths)
+        self.ignore = ignore
+        self.total = np.zeros((num_classes, num_classes), np.int64)
+        self.boundary = np.zeros((len(self.trimap_widths), num_classes, num_classes), np.int64)
+        self.interior = np.zeros_like(self.boundary)
+        self.num_images = 0
+
+    def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        """Count one image: ``pred`` and ``gt`` integer [H, W] label maps of the same shape."""
+        pred = np.asarray(pred)
+        gt = np.asarray(gt)
+        if pred.shape != gt.shape:
+            raise InputError(f"prediction {list(pred.shape)} and ground truth {list(gt.shape)} differ in size")
+        self.total += confusion_matrix(pred, gt, self.num_classes, ignore=self.ignore)
+        if self.trimap_widths:
+            bands = trimap_bands(gt, self.trimap_widths)
+            for k, band in enumerate(bands):
+                self.boundary[k] += confusion_matrix(pred, np.where(band, gt, self.ignore), self.num_classes, self.ignore)
+                self.interior[k] += confusion_matrix(pred, np.where(band, self.ignore, gt), self.num_classes, self.ignore)
+        self.num_images += 1
+
+    def results(self, class_names: Optional[Sequence[str]] = None) -> dict[str, Any]:
+        """JSON-ready results. IoUs and accuracy are fractions in [0, 1]; a class absent from
+        both prediction and ground truth has IoU ``None`` and does not enter the mean."""
+        names = list(class_names) if class_names is not None else [str(c) for c in range(self.num_classes)]
+        miou, per_class, pixel_acc = miou_from_confusion(self.total)
+        results: dict[str, Any] = {
+            "miou": _finite_or_none(miou),
+            "pixel_accuracy": _finite_or_none(pixel_acc),
+            "num_images": self.num_images,
+            "num_pixels": int(self.total.sum()),
+            "per_class_iou": {name: _finite_or_none(v) for name, v in zip(names, per_class)},
+            "confusion_matrix": self.total.tolist(),
+        }
+        if self.trimap_widths:
+            results["trimap"] = {
+                "widths": list(self.trimap_widths),
+                "boundary_miou": [_finite_or_none(miou_from_confusion(cm)[0]) for cm in self.boundary],
+                "interior_miou": [_finite_or_none(miou_from_confusion(cm)[0]) for cm in self.interior],
+                "boundary_pixels": [int(cm.sum()) for cm in self.boundary],
+            }
+        return results
+
+
+def _finite_or_none(value: float) -> Optional[float]:
+    return float(value) if np.isfinite(value) else None
+
+
+def _settings_fingerprint(description: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_prediction_dir(pred_dir: Path, description: dict[str, Any], overwrite: bool = False) -> None:
+    """Make ``pred_dir`` ready for resumable predictions made under ``description``.
+
+    The directory records the checkpoint and settings in ``settings.json``; PNGs left by an earlier
+    run are reused only when that record matches. A mismatch is an :class:`InputError` unless
+    ``overwrite``, which deletes the stale PNGs.
+    """
+    record_path = pred_dir / "settings.json"
+    fingerprint = _settings_fingerprint(description)
+    if record_path.is_file():
+        try:
+            previous = json.loads(record_path.read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            previous = None
+        if previous != fingerprint:
+            if not overwrite:
+                raise InputError(
+                    f"{pred_dir} holds predictions made with another checkpoint or settings; "
+                    "pass --overwrite or choose another --out"
+                )
+            for stale in pred_dir.glob("*.png"):
+                stale.unlink()
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record_path, {"fingerprint": fingerprint, **description})
+
+
+def _batched(items: Iterable[int], size: int) -> Iterator[list[int]]:
+    batch: list[int] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def evaluate_dataset(
+    predictor: LabelPredictor,
+    dataset: Any,
+    trimap_widths: Sequence[int] = (),
+    pred_dir: Optional[Path] = None,
+    progress: bool = True,
+    on_image: Optional[Callable[[str, np.ndarray], None]] = None,
+) -> dict[str, Any]:
+    """Predict every image of ``dataset`` that has a class map and score the predictions.
+
+    Args:
+        predictor: the model and inference settings.
+        dataset: a :class:`boxsup_ext.data.SegmentationDataset` (records with ``image_id``;
+            ``load_image``, ``load_class_map``, ``class_names``, ``num_classes``).
+        trimap_widths: band widths (pixels) for the boundary/interior analysis; empty for none.
+        pred_dir: where to write ``<image_id>.png`` predictions (VOC palette); existing ones are
+            read back instead of recomputed. Call :func:`prepare_prediction_dir` on it first.
+        progress: show a tqdm progress bar.
+        on_image: called with (image_id, predicted uint8 [H, W]) for each scored image.
+
+    Returns:
+        The :meth:`ConfusionAccumulator.results` dict plus ``"skipped_without_gt"`` (how many
+        images had no class map and were not scored).
+    """
+    from boxsup_ext.data import load_label_png, save_label_png
+
+    accumulator = ConfusionAccumulator(dataset.num_classes, trimap_widths)
+    skipped = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(dataset), desc="evaluate", unit="img")
+    chunk_size = max(1, predictor.settings.batch_size) * max(1, predictor.settings.crf_workers)
+    for chunk in _batched(range(len(dataset)), chunk_size):
+        todo: list[tuple[int, np.ndarray]] = []
+        done: list[tuple[int, np.ndarray, np.ndarray]] = []
+        for index in chunk:
+            gt = dataset.load_class_map(index)
+            if gt is None:
+                skipped += 1
+                continue
+            cached = pred_dir / f"{dataset[index].image_id}.png" if pred_dir is not None else None
+            if cached is not None and cached.is_file():
+                done.append((index, load_label_png(cached), gt))
+            else:
+                todo.append((index, gt))
+        if todo:
+            predictions = predictor.labels([dataset.load_image(index) for index, _ in todo])
+            for (index, gt), pred in zip(todo, predictions):
+                if pred_dir is not None:
+                    save_label_png(pred_dir / f"{dataset[index].image_id}.png", pred)
+                done.append((index, pred, gt))
+        for index, pred, gt in sorted(done, key=lambda item: item[0]):
+            accumulator.add(pred, gt)
+            if on_image is not None:
+                on_image(dataset[index].image_id, pred)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    results = accumulator.results(dataset.class_names)
+    results["skipped_without_gt"] = skipped
+    return results
+
+
+def format_results_table(results: dict[str, Any]) -> str:
+    """A plain-text table of per-class IoU, mIoU, pixel accuracy and (if present) the trimap rows,
+    in percent."""
+
+    def pct(value: Optional[float]) -> str:
+        return "   -  " if value is None else f"{100.0 * value:6.2f}"
+
+    names = list(results["per_class_iou"])
+    width = max([len(n) for n in names] + [len("pixel accuracy")])
+    lines = [f"{'class':<{width}}  IoU (%)", "-" * (width + 9)]
+    lines += [f"{name:<{width}}  {pct(iou)}" for name, iou in results["per_class_iou"].items()]
+    lines.append("-" * (width + 9))
+    lines.append(f"{'mean IoU':<{width}}  {pct(results['miou'])}")
+    lines.append(f"{'pixel accuracy':<{width}}  {pct(results['pixel_accuracy'])}")
+    lines.append(f"{'images':<{width}}  {results['num_images']:6d}")
+    trimap = results.get("trimap")
+    if trimap:
+        lines.append("")
+        lines.append("trimap width (px)  boundary mIoU (%)  interior mIoU (%)")
+        for w, b, i in zip(trimap["widths"], trimap["boundary_miou"], trimap["interior_miou"]):
+            lines.append(f"{w:>17d}  {pct(b):>17}  {pct(i):>17}")
+    return "\n".join(lines)
