@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("matplotlib")
+
+from boxsup_ext import figures  # noqa: E402
+from boxsup_ext.utils import InputError  # noqa: E402
+
+C0 = (0x1F, 0x77, 0xB4)  # matplotlib's first line colour
+C1 = (0xFF, 0x7F, 0x0E)
+
+
+def _png(path: Path) -> np.ndarray:
+    assert path.is_file() and path.stat().st_size > 1000
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _count_colour(image: np.ndarray, rgb, tol: int = 3) -> int:
+    return int((np.abs(image.astype(int) - np.array(rgb)).max(axis=2) <= tol).sum())
+
+
+def _write_log(run: Path, epochs: int, offset: float = 0.0) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text("data: {}\n")
+    lines = []
+    for epoch in range(1, epochs + 1):
+        record = {"epoch": epoch, "loss": 2.0 / epoch + offset, "lr": 0.001, "time_s": 1.0, "relabel_s": 0.1}
+        if epoch % 2 == 0:
+            record["val_miou"] = 0.3 + 0.05 * epoch
+        record["label_miou"] = 0.5 + 0.02 * epoch
+        lines.append(json.dumps(record))
+    (run / "log.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _results(miou: float, widths=(1, 2, 4)) -> dict:
+    return {
+        "miou": miou,
+        "pixel_accuracy": 0.9,
+        "num_images": 3,
+        "per_class_iou": {"background": 0.9, "square": miou, "disc": None},
+        "trimap": {
+            "widths": list(widths),
+            "boundary_miou": [miou / 2 + 0.05 * i for i in range(len(widths))],
+            "interior_miou": [miou + 0.01 * i for i in range(len(widths))],
+            "boundary_pixels": [10, 20, 40],
+        },
+    }
+
+
+def test_curves_two_runs(tmp_path, capsys):
+    _write_log(tmp_path / "a", 4)
+    _write_log(tmp_path / "b", 3, offset=0.5)
+    out = tmp_path / "fig" / "curves.png"
+    assert figures.main(["curves", "--run", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--dpi", "50"]) == 0
+    image = _png(out)
+    assert image.shape == (160, 600, 3)  # 12 x 3.2 inches at 50 dpi
+    assert _count_colour(image, C0) > 20 and _count_colour(image, C1) > 20
+    assert "val_miou 3" in capsys.readouterr().out  # a: epochs 2, 4; b: epoch 2
+
+
+def test_curves_without_values_is_an_input_error(tmp_path):
+    run = tmp_path / "empty"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
+    with pytest.raises(InputError, match="no loss or mIoU"):
+        figures.main(["curves", "--run", str(run), "--out", str(tmp_path / "x.png")])
+
+
+def test_trimap_plot(tmp_path):
+    for name, miou in (("single", 0.6), ("multi", 0.7)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(_results(miou)))
+    out = tmp_path / "trimap.png"
+    figures.main(["trimap", "--results", str(tmp_path / "single"), str(tmp_path / "multi" / "metrics.json"), "--out", str(out), "--dpi", "60"])
+    image = _png(out)
+    assert image.shape == (216, 300, 3)
+    assert _count_colour(image, C0) > 30 and _count_colour(image, C1) > 30
+
+
+def test_trimap_needs_trimap_results(tmp_path):
+    result = _results(0.5)
+    del result["trimap"]
+    (tmp_path / "metrics.json").write_text(json.dumps(result))
+    with pytest.raises(InputError, match="--trimap"):
+        figures.main(["trimap", "--results", str(tmp_path), "--out", str(tmp_path / "t.png")])
+
+
+def test_compare_table(tmp_path):
+    paths = []
+    for name, miou in (("boxsup", 0.62), ("mask", 0.68)):
+        (tmp_path / name).mkdir()
+        paths.append(tmp_path / name / "metrics.json")
+        paths[-1].write_text(json.dumps(_results(miou)))
+    plain, wide = tmp_path / "plain.png", tmp_path / "wide.png"
+    figures.main(["compare", "--results", *map(str, paths), "--out", str(plain), "--dpi", "50"])
+    figures.main(["compare", "--results", *map(str, paths), "--names", "BoxSup,Mask", "--per-class", "--out", str(wide), "--dpi", "50"])
+    small, big = _png(plain), _png(wide)
+    # 3 columns + 3 trimap widths, names of 6 characters; per-class adds 3 columns.
+    assert small.shape[1] == round(50 * (1.2 + 0.09 * 6 + 0.85 * 6))
+    assert small.shape[0] == round(50 * (0.9 + 0.32 * 3))
+    assert big.shape[1] == round(50 * (1.2 + 0.09 * 6 + 0.85 * 9)) and big.shape[0] == small.shape[0]
+    assert _count_colour(small, (0xDD, 0xE6, 0xF0), tol=2) > 200  # the header row's shading
+    with pytest.raises(InputError, match="one per input"):
+        figures.main(["compare", "--results", *map(str, paths), "--names", "x", "--out", str(plain)])
+
+
+def test_missing_results_file(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        figures.main(["compare", "--results", str(tmp_path / "nope.json"), "--out", str(tmp_path / "c.png")])
