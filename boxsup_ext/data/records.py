@@ -135,7 +135,7 @@ def clip_box(
         problems.report(path, f"box {box} has a non-finite coordinate")
         return None
     if x1 <= x0 or y1 <= y0:
-        problems.report(path, f"box (x0, y0, x1, y1)=({x0:g}, {y0:g}, {x1:g}, {y1:g}) has zero area")
+        problems.report(path, f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) has zero area")
         return None
     clipped = np.array([max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))], np.float32)
     if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
