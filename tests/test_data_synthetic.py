@@ -1,0 +1,136 @@
+"""The built-in synthetic dataset: layout, determinism, consistency, and that boxes are poor labels."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from boxsup_ext.data import detect_kind, open_dataset
+from boxsup_ext.data.synthetic import CLASS_NAMES, SHAPES, draw_image, generate
+from boxsup_ext.utils import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("syn") / "data", num_train=40, num_val=10, seed=3)
+
+
+def test_layout_and_reader(synthetic):
+    for sub in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject"):
+        assert len(list((synthetic / sub).iterdir())) == 50
+    assert detect_kind(synthetic) == "synthetic"
+    train = open_dataset(synthetic, "train", kind="synthetic")
+    val = open_dataset(synthetic, "val", kind="synthetic")
+    assert (len(train), len(val)) == (40, 10)
+    assert train.class_names == list(CLASS_NAMES) and 5 <= train.num_classes - 1 <= 6
+    assert {r.supervision for r in train} == {"mask"} and {r.source for r in train} == {"synthetic"}
+    assert {(r.height, r.width) for r in train} == {(128, 128)}
+    assert not set(r.image_id for r in train) & set(r.image_id for r in val)
+
+
+def test_labels_boxes_and_instances_agree(synthetic):
+    dataset = open_dataset(synthetic, "train", kind="synthetic")
+    seen_labels = set()
+    for i, record in enumerate(dataset):
+        class_map = dataset.load_class_map(i)
+        masks, labels = dataset.load_instances(i)
+        assert masks.shape == (record.num_boxes, record.height, record.width)
+        np.testing.assert_array_equal(labels, record.labels)
+        painted = np.zeros_like(class_map)
+        for mask, label, box in zip(masks, labels, record.boxes):
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            np.testing.assert_array_equal(box, [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+            painted[mask] = label
+        np.testing.assert_array_equal(painted, class_map)  # instances partition the foreground
+        seen_labels.update(labels.tolist())
+    assert seen_labels == set(range(1, len(CLASS_NAMES)))
+
+
+def test_box_rectangles_are_clearly_worse_labels_than_masks(synthetic):
+    """Mean IoU of each object's filled box against its mask, over the generated set."""
+    dataset = open_dataset(synthetic, "train", kind="synthetic")
+    ious = []
+    for i, record in enumerate(dataset):
+        masks, _ = dataset.load_instances(i)
+        for mask, (x0, y0, x1, y1) in zip(masks, record.boxes.astype(int)):
+            rectangle = np.zeros_like(mask)
+            rectangle[y0:y1, x0:x1] = True
+            ious.append((mask & rectangle).sum() / (mask | rectangle).sum())
+    ious = np.asarray(ious)
+    assert len(ious) >= 60
+    assert ious.mean() < 0.7, ious.mean()  # a rectangle label is clearly worse than the mask
+    assert np.quantile(ious, 0.9) < 0.85
+    assert ious.min() > 0.1  # but the box still says where the object is
+
+
+def test_drawn_images_overlap_vary_in_size_and_shape():
+    sizes, shapes, overlapping = [], set(), 0
+    for i in range(30):
+        drawn = draw_image(np.random.default_rng(i), 96, 160)
+        assert drawn.image.shape == (96, 160, 3) and drawn.image.dtype == np.uint8
+        widths = drawn.boxes[:, 2] - drawn.boxes[:, 0]
+        sizes.extend(widths.tolist())
+        shapes.update(drawn.shapes)
+        boxes = drawn.boxes
+        for a in range(len(boxes)):
+            for b in range(a + 1, len(boxes)):
+                overlapping += int(boxes[a, 0] < boxes[b, 2] and boxes[b, 0] < boxes[a, 2] and boxes[a, 1] < boxes[b, 3] and boxes[b, 1] < boxes[a, 3])
+    assert shapes == set(SHAPES)
+    assert max(sizes) > 2.5 * min(sizes)
+    assert overlapping >= 5
+
+
+def test_classes_differ_by_appearance_not_shape():
+    """Per-class mean colours are far apart; every class appears with several shapes."""
+    colours = {c: [] for c in range(1, len(CLASS_NAMES))}
+    shapes = {c: set() for c in colours}
+    for i in range(60):
+        drawn = draw_image(np.random.default_rng(100 + i))
+        for k, (label, shape) in enumerate(zip(drawn.labels, drawn.shapes)):
+            colours[int(label)].append(drawn.image[drawn.object_map == k + 1].mean(0))
+            shapes[int(label)].add(shape)
+    means = np.stack([np.mean(colours[c], 0) for c in colours])
+    distances = np.linalg.norm(means[:, None] - means[None], axis=-1)[np.triu_indices(len(means), 1)]
+    assert distances.min() > 30, distances
+    assert all(len(s) >= 3 for s in shapes.values())
+
+
+def test_deterministic_by_seed(tmp_path):
+    one = generate(tmp_path / "one", 4, 2, seed=7, height=64, width=96)
+    two = generate(tmp_path / "two", 4, 2, seed=7, height=64, width=96)
+    other = generate(tmp_path / "other", 4, 2, seed=8, height=64, width=96)
+    assert tree_digest(one) == tree_digest(two) != tree_digest(other)
+    record = open_dataset(one, "val", kind="synthetic")[0]
+    assert (record.height, record.width) == (64, 96)
+
+
+def test_cli_and_bad_arguments(tmp_path):
+    out = tmp_path / "cli"
+    args = ["--out", str(out), "--num-train", "3", "--num-val", "2", "--seed", "1", "--height", "80", "--width", "100"]
+    run = subprocess.run([sys.executable, "-m", "boxsup_ext.data.synthetic", *args], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert (out / "ImageSets" / "Segmentation" / "train.txt").read_text().split() == [f"train_{i:06d}" for i in range(3)]
+    assert len(open_dataset(out, "trainval", kind="synthetic")) == 5
+    with pytest.raises(InputError, match="--height/--width"):
+        generate(tmp_path / "bad", 1, 1, height=8)
+    with pytest.raises(InputError, match="--num-train/--num-val"):
+        generate(tmp_path / "bad", 0, 0)
+    run = subprocess.run(
+        [sys.executable, "-m", "boxsup_ext.data.synthetic", "--out", str(out), "--num-train", "-1"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert run.returncode == 2 and "--num-train" in run.stderr
