@@ -1,0 +1,232 @@
+"""The BoxSup relabeling step: choose one candidate segment per ground-truth box, paint, store.
+
+For every box m (class c) and candidate segment n of an image,
+
+    cost[n, m] = (1 - IoU[n, m]) + lam * meanCE[n, m]
+
+with IoU the paper's box IoU between box m and the tight box of candidate n (or, by option, the
+pixel IoU of the candidate with the box's rectangle) and meanCE the mean over the candidate's pixels
+of -log softmax(logits)[c]. One candidate is drawn uniformly among the ``k`` cheapest (k = 1: the
+greedy variant), with a random generator seeded by (seed, epoch, image id) only, so the labels do
+not depend on batch size, worker count or rank count. The chosen segments are painted with their
+boxes' classes (larger first, so smaller segments end on top); everything else is background.
+A box without any non-empty candidate is marked ignore (255) inside its rectangle rather than
+silently becoming background.
+
+The statistics come from the fused op ``boxsup_ext.ops.proposal_costs_batched`` (one call per batch
+of images, on the GPU where there is one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from boxsup_ext.models import image_to_tensor, predict_logits
+
+IGNORE_LABEL = 255
+
+
+def cost_ops() -> Any:
+    """The module that provides ``proposal_costs_batched`` and ``paint_labels``: the compiled
+    :mod:`boxsup_ext.ops` when it is built, else the float64 reference (slow; warns once)."""
+    global _COST_OPS
+    if _COST_OPS is None:
+        try:
+            from boxsup_ext import ops as compiled
+
+            _COST_OPS = compiled
+        except ImportError as err:
+            warnings.warn(
+                f"boxsup_ext.ops is not importable ({err}); relabeling with the slow reference. "
+                "Build it with `pip install --no-build-isolation -e .`",
+                stacklevel=2,
+            )
+            _COST_OPS = _ReferenceOps()
+    return _COST_OPS
+
+
+class _ReferenceOps:
+    """:mod:`boxsup_ext.reference` under the compiled module's names."""
+
+    @staticmethod
+    def proposal_costs_batched(items: Sequence[tuple]) -> list:
+        from boxsup_ext import reference
+
+        return [reference.proposal_costs(*item) for item in items]
+
+    @staticmethod
+    def paint_labels(units, members, chosen, labels, boxes=None):
+        from boxsup_ext import reference
+
+        return reference.paint_labels(units, members, chosen, labels, boxes)
+
+
+_COST_OPS: Any = None
+
+
+@dataclass(frozen=True)
+class RelabelSettings:
+    """``lam``: weight of the mean cross-entropy; ``topk``: sample among this many cheapest
+    (1 = greedy); ``iou``: ``"box"`` or ``"mask"``; ``clip_to_box``: paint only inside the box."""
+
+    lam: float = 3.0
+    topk: int = 5
+    iou: str = "box"
+    clip_to_box: bool = False
+
+
+class RelabelInput(NamedTuple):
+    """One box-supervised image: ``image`` uint8 [H, W, 3] RGB; ``units`` int32/int64 [H, W];
+    ``members`` int64 [N, W64]; ``boxes`` float32 [M, 4] (x0, y0, x1, y1) pixels, half-open;
+    ``labels`` int64 [M] in [1, C)."""
+
+    image_id: str
+    image: np.ndarray
+    units: np.ndarray
+    members: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+
+
+class RelabelResult(NamedTuple):
+    """``label`` uint8 [H, W] (0 background, classes, 255 for boxes with no candidate);
+    ``chosen`` int64 [M] candidate index per box (-1: none); ``cost``, ``iou``, ``mean_ce``
+    float32 [M] of the chosen candidates (NaN where none)."""
+
+    image_id: str
+    label: np.ndarray
+    chosen: np.ndarray
+    cost: np.ndarray
+    iou: np.ndarray
+    mean_ce: np.ndarray
+
+
+def image_generator(seed: int, epoch: int, image_id: str) -> torch.Generator:
+    """A CPU generator seeded from (seed, epoch, image id) alone (stable across processes)."""
+    digest = hashlib.sha256(f"{seed}/{epoch}/{image_id}".encode()).digest()
+    generator = torch.Generator()
+    generator.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return generator
+
+
+def assignment_cost(costs: Any, lam: float, iou: str = "box") -> torch.Tensor:
+    """cost [N, M] float32 = (1 - IoU) + lam * meanCE from the op's ``ProposalCosts``; +inf for
+    empty candidates (their meanCE is +inf)."""
+    overlap = costs.iou_box if iou == "box" else costs.iou_mask
+    mean_ce = costs.mean_ce.float()
+    cost = (1.0 - overlap.float()) + lam * mean_ce
+    # lam = 0 must still rule out empty candidates: 0 * inf is NaN.
+    return torch.where(torch.isinf(mean_ce), torch.full_like(cost, float("inf")), cost)
+
+
+def sample_topk(cost: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """For each box (column of ``cost`` [N, M]) draw uniformly among its ``k`` cheapest finite
+    candidates (fewer when fewer are finite). Returns int64 [M], -1 for a box with none."""
+    n, m = cost.shape
+    chosen = torch.full((m,), -1, dtype=torch.int64)
+    if n == 0 or m == 0:
+        return chosen
+    # A stable sort ranks equal costs by candidate index, the same on every device.
+    values, order = torch.sort(cost.detach().cpu().t(), dim=1, stable=True)
+    values, order = values[:, :k], order[:, :k]
+    draws = torch.randint(0, 1 << 30, (m,), generator=generator)  # one draw per box, always
+    for j in range(m):
+        count = int(torch.isfinite(values[j]).sum())  # +inf sorts last, so finite ones lead
+        if count:
+            chosen[j] = order[j, int(draws[j]) % count]
+    return chosen
+
+
+def _gather(values: torch.Tensor, chosen: torch.Tensor) -> np.ndarray:
+    out = np.full(chosen.shape[0], np.nan, dtype=np.float32)
+    for j, index in enumerate(chosen.tolist()):
+        if index >= 0:
+            out[j] = float(values[index, j])
+    return out
+
+
+@torch.no_grad()
+def relabel_batch(
+    model: nn.Module,
+    batch: Sequence[RelabelInput],
+    settings: RelabelSettings,
+    seed: int,
+    epoch: int,
+    device: torch.device,
+) -> list[RelabelResult]:
+    """Relabel a batch of images with one fused-op call. ``model`` must be in eval mode.
+
+    The network runs on each full image (no augmentation); its logits are resized bilinearly to
+    the units map's size before the costs are computed.
+    """
+    ops = cost_ops()
+    op_inputs = []
+    for item in batch:
+        tensor = image_to_tensor(item.image).to(device)
+        units = torch.from_numpy(np.ascontiguousarray(item.units)).to(device)
+        logits = predict_logits(model, tensor, size=tuple(units.shape))
+        op_inputs.append(
+            (
+                units,
+                torch.from_numpy(np.ascontiguousarray(item.members)).to(device),
+                logits,
+                torch.from_numpy(np.ascontiguousarray(item.boxes, dtype=np.float32)).to(device),
+                torch.from_numpy(np.ascontiguousarray(item.labels, dtype=np.int64)).to(device),
+            )
+        )
+    all_costs = ops.proposal_costs_batched(op_inputs)
+    results = []
+    for item, inputs, costs in zip(batch, op_inputs, all_costs):
+        units, members, _, boxes, labels = inputs
+        cost = assignment_cost(costs, settings.lam, settings.iou).cpu()
+        chosen = sample_topk(cost, settings.topk, image_generator(seed, epoch, item.image_id))
+        label = ops.paint_labels(
+            units, members, chosen.to(units.device), labels, boxes if settings.clip_to_box else None
+        )
+        label = label.cpu().numpy().astype(np.uint8)
+        mark_unassigned_boxes(label, item.boxes, chosen.numpy())
+        overlap = costs.iou_box if settings.iou == "box" else costs.iou_mask
+        results.append(
+            RelabelResult(
+                item.image_id,
+                label,
+                chosen.numpy(),
+                _gather(cost, chosen),
+                _gather(overlap.cpu(), chosen),
+                _gather(costs.mean_ce.cpu(), chosen),
+            )
+        )
+    return results
+
+
+def mark_unassigned_boxes(label: np.ndarray, boxes: np.ndarray, chosen: np.ndarray) -> None:
+    """Set background pixels inside boxes whose ``chosen`` is -1 to ignore (255), in place.
+
+    Pixel (y, x) is inside box (x0, y0, x1, y1) when (x + 0.5, y + 0.5) is in [x0, x1) x [y0, y1).
+    """
+    height, width = label.shape
+    for box, index in zip(boxes, chosen):
+        if index >= 0:
+            continue
+        x0, y0, x1, y1 = (float(v) for v in box)
+        cols = slice(max(0, int(np.ceil(x0 - 0.5))), min(width, int(np.ceil(x1 - 0.5))))
+        rows = slice(max(0, int(np.ceil(y0 - 0.5))), min(height, int(np.ceil(y1 - 0.5))))
+        region = label[rows, cols]
+        region[region == 0] = IGNORE_LABEL
+
+
+def paint_instances(masks: np.ndarray, labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Label map uint8 [H, W] from ground-truth instance masks bool [K, H, W] and classes [K]:
+    larger instances first, so smaller ones end on top (the same order as the op's paint)."""
+    label = np.zeros((height, width), dtype=np.uint8)
+    order = sorted(range(len(labels)), key=lambda k: (-int(masks[k].sum()), k))
+    for k in order:
+        label[masks[k]] = int(labels[k])
+    return label

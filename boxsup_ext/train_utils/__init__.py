@@ -1,0 +1,2 @@
+"""Pieces of the BoxSup trainer (:mod:`boxsup_ext.train`): distributed context, training data and
+augmentation, checkpoints and run-directory checks, epoch logging."""

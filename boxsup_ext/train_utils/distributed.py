@@ -1,0 +1,101 @@
+"""torch.distributed set-up for ``torchrun`` (NCCL on GPUs, Gloo on CPUs) and the few collectives
+the trainer needs. Without ``torchrun`` everything degrades to a single process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from boxsup_ext.utils import InputError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """``rank`` / ``world_size`` of this process and the ``device`` it computes on."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's share of ``items``: every ``world_size``-th item from position ``rank``."""
+        return list(items[self.rank :: self.world_size])
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def sum_array(self, array: np.ndarray) -> np.ndarray:
+        """Element-wise sum of a numeric array over ranks (float64 or int64 exact for counts)."""
+        if not self.distributed:
+            return array
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64)).to(self._comm_device())
+        dist.all_reduce(tensor)
+        return tensor.cpu().numpy().astype(array.dtype)
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on at least one."""
+        if not self.distributed:
+            return flag
+        tensor = torch.tensor([1.0 if flag else 0.0], device=self._comm_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return bool(tensor.item() > 0)
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        holder = [obj]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def _comm_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def init_distributed(device_choice: str = "auto") -> DistContext:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1) and pick the
+    device: ``cuda:LOCAL_RANK`` when CUDA is used, else CPU. ``device_choice``: auto, cpu, cuda."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_choice == "cuda" and not torch.cuda.is_available():
+        raise InputError("run.device is 'cuda' but no CUDA device is visible; use run.device=cpu or auto")
+    use_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistContext(rank, world_size, local_rank, device)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,79 @@
+"""Per-epoch logging: ``log.jsonl`` (rewritten atomically), TensorBoard when installed, progress bars."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from boxsup_ext.utils import atomic_write
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf floats become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class EpochLog:
+    """The run's ``log.jsonl``: one JSON object per epoch. Kept in memory and rewritten through a
+    temporary file on each append, so a crash never leaves a torn line."""
+
+    def __init__(self, path: Path, tensorboard_dir: Optional[Path] = None) -> None:
+        self.path = Path(path)
+        self.entries: list[dict] = []
+        if self.path.exists():
+            self.entries = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        self._writer = None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(tensorboard_dir))
+            except Exception:  # tensorboard not installed: JSONL only
+                self._writer = None
+
+    def truncate_after(self, epoch: int) -> None:
+        """Forget entries of epochs after ``epoch`` (left by a run killed before its checkpoint)."""
+        self.entries = [e for e in self.entries if e.get("epoch", 0) <= epoch]
+        self._write()
+
+    def append(self, entry: dict) -> None:
+        self.entries.append(_clean(entry))
+        self._write()
+        if self._writer is not None:
+            self._scalars(entry, entry["epoch"])
+
+    def _scalars(self, values: dict, step: int, prefix: str = "") -> None:
+        for key, value in values.items():
+            if isinstance(value, dict):
+                self._scalars(value, step, f"{prefix}{key}/")
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+                self._writer.add_scalar(prefix + key, value, step)
+        self._writer.flush()
+
+    def _write(self) -> None:
+        with atomic_write(self.path, "w") as handle:
+            for entry in self.entries:
+                handle.write(json.dumps(entry) + "\n")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def progress(iterable: Iterable, enabled: bool, **kwargs: Any) -> Iterable:
+    """A tqdm progress bar when ``enabled`` (and tqdm is importable), else ``iterable`` itself."""
+    if not enabled:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, dynamic_ncols=True, leave=False, **kwargs)

@@ -1,0 +1,137 @@
+"""Checkpoints, RNG state and the run directory's identity checks.
+
+Run directory layout: ``config.yaml``, ``checkpoints/latest.pt`` and ``best.pt``, ``labels/``,
+``log.jsonl``, ``metrics/``. A checkpoint is a dict with ``model``, ``model_meta``, ``config``,
+``epoch`` (completed epochs), ``step`` (batches done in the next epoch; non-zero only after an
+interrupt), ``optimizer``, ``scheduler``, ``rng``, ``label_state``, ``best_miou``,
+``dataset_fingerprints``, ``world_size``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from boxsup_ext.utils import InputError, atomic_save_torch, atomic_write
+
+# Config keys a resumed run may change: they affect speed and display, not the results.
+RESUMABLE_KEYS = (
+    "train.epochs",
+    "data.workers",
+    "relabel.batch_images",
+    "run.device",
+    "run.threads",
+    "run.progress",
+    "run.tensorboard",
+    "run.run_dir",
+)
+
+
+def capture_rng() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    """Write ``checkpoint`` atomically (temp name + rename)."""
+    atomic_save_torch(checkpoint, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise InputError(f"checkpoint {path} is not readable ({err.__class__.__name__}); remove it to restart") from None
+    if not isinstance(checkpoint, dict) or "label_state" not in checkpoint:
+        raise InputError(f"{path} is not a boxsup_ext.train checkpoint")
+    return checkpoint
+
+
+def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Keys (other than :data:`RESUMABLE_KEYS`) whose values differ, as ``key: saved -> current``."""
+    a, b = _flatten(saved), _flatten(current)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if key in RESUMABLE_KEYS or a.get(key) == b.get(key):
+            continue
+        diffs.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return diffs
+
+
+def check_run_dir(run_dir: Path, resume: bool, config_dict: dict, fingerprints: list[str]) -> Optional[dict]:
+    """Make sure ``run_dir`` may hold this run; returns the checkpoint to resume from, if any.
+
+    A fresh run needs a run directory without another run's state. ``--resume`` needs the saved
+    config to match the current one (except :data:`RESUMABLE_KEYS`) and the checkpoint to have
+    been made on the same datasets.
+    """
+    latest = run_dir / "checkpoints" / "latest.pt"
+    saved_config_path = run_dir / "run.json"
+    has_state = latest.exists() or saved_config_path.exists()
+    if not resume:
+        if has_state:
+            raise InputError(
+                f"run directory {run_dir} holds another run's state; pass --resume to continue it "
+                "or choose an empty --run-dir"
+            )
+        return None
+    if saved_config_path.exists():
+        saved = json.loads(saved_config_path.read_text())
+        diffs = config_differences(saved.get("config", {}), config_dict)
+        if diffs:
+            raise InputError(f"run directory {run_dir} holds a run with another config ({'; '.join(diffs[:3])}); use a new --run-dir")
+        if saved.get("dataset_fingerprints") != fingerprints:
+            raise InputError(f"run directory {run_dir} holds a run on other images (dataset fingerprints differ); use a new --run-dir")
+    if not latest.exists():
+        return None
+    checkpoint = load_checkpoint(latest)
+    if checkpoint.get("dataset_fingerprints") != fingerprints:
+        raise InputError(f"{latest} was trained on other images (dataset fingerprints differ); use a new --run-dir")
+    return checkpoint
+
+
+def write_run_identity(run_dir: Path, config_dict: dict, fingerprints: list[str]) -> None:
+    """``run.json``: the config and datasets this run directory belongs to."""
+    with atomic_write(run_dir / "run.json", "w") as handle:
+        json.dump({"config": config_dict, "dataset_fingerprints": fingerprints}, handle, indent=2)
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over the model's parameters and buffers (bytes, in state_dict order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
