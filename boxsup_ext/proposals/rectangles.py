@@ -1,0 +1,23 @@
+"""The ``rectangles`` baseline of the paper's Table 2: each box's own rectangle is its one candidate."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from boxsup_ext.proposals import bits
+from boxsup_ext.proposals.registry import register_method
+
+
+def rectangles(image: np.ndarray, boxes: np.ndarray, **_options) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One candidate per box: the pixels inside the box (half-open pixel convention).
+
+    image: uint8 [H, W, 3] (only its size is used). boxes: float32 [M, 4] (x0, y0, x1, y1) pixels.
+    Returns units int32 [H, W], members int64 [M, W64] (row m = box m) and scores float32 [M] (all 1).
+    """
+    height, width = image.shape[:2]
+    masks = bits.box_masks(boxes, height, width)
+    units, members = bits.masks_to_units(masks)
+    return units, members, np.ones(members.shape[0], dtype=np.float32)
+
+
+register_method("rectangles", rectangles)

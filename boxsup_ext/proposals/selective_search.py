@@ -1,0 +1,309 @@
+"""Selective Search (Uijlings et al., IJCV 2013) in the units + members form.
+
+Pipeline for one image:
+
+1. Felzenszwalb segmentations for every (colour space, k) pair (``felzenszwalb.segment``).
+2. Units = the common refinement of those segmentations (pixels that share a region in every
+   one of them), so each base region, and each union of base regions, is an exact set of units.
+3. For every segmentation and every similarity strategy, hierarchical grouping: repeatedly merge
+   the most similar pair of adjacent regions (colour + texture + size + fill similarities, or a
+   subset), recording every region ever formed as a candidate. A candidate's member bits are the
+   OR of its two children's rows (uint64 words), so no per-pixel work happens in the loop.
+4. Candidates of all hierarchies are ranked as in the paper (hierarchy position times a random
+   factor), duplicates removed, and the first ``max_candidates`` kept.
+
+Colour and texture histograms are accumulated once per unit with ``np.bincount`` and folded up to
+regions, so the cost of the grouping loop does not depend on the image size.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import cv2
+import numpy as np
+
+from boxsup_ext.proposals import bits
+from boxsup_ext.proposals.felzenszwalb import segment
+from boxsup_ext.proposals.registry import register_method
+from boxsup_ext.utils import InputError
+
+COLOUR_BINS = 25
+TEXTURE_BINS = 10
+TEXTURE_ORIENTATIONS = 8
+COLOUR_SPACES = ("rgb", "hsv", "lab", "gray")
+# Letters: c = colour, t = texture, s = size, f = fill.
+STRATEGY_LETTERS = frozenset("ctsf")
+
+
+def convert_colour(image: np.ndarray, space: str) -> np.ndarray:
+    """RGB uint8 [H, W, 3] to ``space`` as uint8 [H, W, C], every channel spanning 0..255."""
+    if space == "rgb":
+        return image
+    if space == "hsv":
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL)  # hue scaled to 0..255
+        return hsv
+    if space == "lab":
+        return cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+    if space == "gray":
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[:, :, None]
+    raise InputError(f"colour space {space!r} is unknown; use one of {', '.join(COLOUR_SPACES)}")
+
+
+def _pixel_feature_bins(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel histogram bin ids: colour int64 [P, C] in [0, C*25), texture int64 [P, C*8] in [0, C*80).
+
+    Texture follows the paper: Gaussian derivatives (sigma 1) in 8 orientations per channel,
+    each response histogrammed in 10 bins.
+    """
+    h, w, channels = image.shape
+    img = image.astype(np.float32)
+    colour = np.minimum((img * (COLOUR_BINS / 256.0)).astype(np.int64), COLOUR_BINS - 1)
+    colour = colour.reshape(h * w, channels) + np.arange(channels) * COLOUR_BINS
+    smooth = cv2.GaussianBlur(img, (0, 0), 1.0)
+    if smooth.ndim == 2:
+        smooth = smooth[:, :, None]
+    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3).reshape(h * w, channels)
+    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3).reshape(h * w, channels)
+    angles = np.arange(TEXTURE_ORIENTATIONS // 2) * (2 * np.pi / TEXTURE_ORIENTATIONS)
+    # Half-wave oriented responses [P, C, 8]: the derivative along 8 directions, clipped at 0;
+    # directions theta and theta + pi are the positive and negative parts of one projection.
+    projection = gx[:, :, None] * np.cos(angles).astype(np.float32) + gy[:, :, None] * np.sin(angles).astype(np.float32)
+    response = np.concatenate([np.maximum(projection, 0), np.maximum(-projection, 0)], axis=2)
+    scale = response.reshape(-1, channels * TEXTURE_ORIENTATIONS).max(axis=0) + 1e-6
+    texture = (response.reshape(h * w, -1) / scale * TEXTURE_BINS).astype(np.int64)
+    texture = np.minimum(texture, TEXTURE_BINS - 1) + np.arange(channels * TEXTURE_ORIENTATIONS) * TEXTURE_BINS
+    return colour, texture
+
+
+def _unit_histograms(flat_units: np.ndarray, num_units: int, feature_bins: np.ndarray) -> np.ndarray:
+    """Unnormalised histograms float64 [U, D] of per-pixel bins [P, k] (values < D) over units."""
+    dims = int(feature_bins.max()) + 1 if feature_bins.size else 1
+    index = (flat_units[:, None] * dims + feature_bins).ravel()
+    return np.bincount(index, minlength=num_units * dims).reshape(num_units, dims).astype(np.float64)
+
+
+def common_refinement(segmentations: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Units int32 [H, W] refining every segmentation, and region_of_unit int64 [S, U].
+
+    ``region_of_unit[s, u]`` is the region of segmentation s that contains unit u.
+    """
+    key = np.zeros(segmentations[0].size, dtype=np.int64)
+    for seg in segmentations:
+        flat = seg.reshape(-1).astype(np.int64)
+        key = key * (int(flat.max()) + 1) + flat
+        _, first, key = np.unique(key, return_index=True, return_inverse=True)
+        key = key.reshape(-1)
+    # Number units in raster order of their first pixel, for a deterministic layout.
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    flat_units = rank[key]
+    first_pixel = first[order]
+    region_of_unit = np.stack([seg.reshape(-1)[first_pixel].astype(np.int64) for seg in segmentations])
+    return flat_units.astype(np.int32).reshape(segmentations[0].shape), region_of_unit
+
+
+def _adjacent_pairs(labels: np.ndarray) -> np.ndarray:
+    """Unique unordered pairs int64 [E, 2] (i < j) of 4-connected neighbouring labels."""
+    right = np.stack([labels[:, :-1].ravel(), labels[:, 1:].ravel()], axis=1)
+    down = np.stack([labels[:-1, :].ravel(), labels[1:, :].ravel()], axis=1)
+    pairs = np.concatenate([right, down]).astype(np.int64)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    pairs.sort(axis=1)
+    if pairs.size == 0:
+        return pairs.reshape(0, 2)
+    return np.unique(pairs, axis=0)
+
+
+def group_hierarchy(
+    region_rows: np.ndarray,
+    size: np.ndarray,
+    box: np.ndarray,
+    colour: np.ndarray,
+    texture: np.ndarray,
+    adjacency: np.ndarray,
+    strategy: str,
+    image_area: int,
+) -> np.ndarray:
+    """Greedy hierarchical grouping of R base regions; returns member rows int64 [2R - 1 or fewer, W64].
+
+    region_rows: int64 [R, W64] member bits of the base regions. size: int64 [R] pixels.
+    box: int64 [R, 4] tight boxes (col0, row0, col1, row1). colour, texture: float64 [R, D]
+    unnormalised histograms. adjacency: int64 [E, 2] neighbouring region pairs. strategy: letters
+    of "ctsf". Row r of the result is region r in order of creation: base regions first, then one
+    row per merge (disconnected parts never merge, hence "or fewer").
+    """
+    num_base = region_rows.shape[0]
+    capacity = 2 * num_base - 1
+    rows = np.zeros((capacity, region_rows.shape[1]), dtype=np.uint64)
+    rows[:num_base] = region_rows.view(np.uint64)
+    sizes = np.zeros(capacity, dtype=np.float64)
+    sizes[:num_base] = size
+    boxes = np.zeros((capacity, 4), dtype=np.float64)
+    boxes[:num_base] = box
+    use_colour, use_texture = "c" in strategy, "t" in strategy
+    use_size, use_fill = "s" in strategy, "f" in strategy
+    colour_hist = np.zeros((capacity, colour.shape[1]))
+    texture_hist = np.zeros((capacity, texture.shape[1]))
+    colour_hist[:num_base] = colour / np.maximum(colour.sum(1, keepdims=True), 1e-12)
+    texture_hist[:num_base] = texture / np.maximum(texture.sum(1, keepdims=True), 1e-12)
+
+    def similarity(i: int, others: np.ndarray) -> np.ndarray:
+        value = np.zeros(others.size)
+        if use_colour:
+            value += np.minimum(colour_hist[i], colour_hist[others]).sum(1)
+        if use_texture:
+            value += np.minimum(texture_hist[i], texture_hist[others]).sum(1)
+        if use_size:
+            value += 1.0 - (sizes[i] + sizes[others]) / image_area
+        if use_fill:
+            lo = np.minimum(boxes[i, :2], boxes[others, :2])
+            hi = np.maximum(boxes[i, 2:], boxes[others, 2:])
+            box_area = np.prod(hi - lo, axis=1)
+            value += 1.0 - (box_area - sizes[i] - sizes[others]) / image_area
+        return value
+
+    neighbours: list[set[int]] = [set() for _ in range(capacity)]
+    for i, j in adjacency.tolist():
+        neighbours[i].add(j)
+        neighbours[j].add(i)
+    heap: list[tuple[float, int, int]] = []
+    for i in range(num_base):
+        higher = np.fromiter((j for j in neighbours[i] if j > i), dtype=np.int64)
+        if higher.size:
+            heap.extend(zip((-similarity(i, higher)).tolist(), [i] * higher.size, higher.tolist()))
+    heapq.heapify(heap)
+    alive = np.zeros(capacity, dtype=bool)
+    alive[:num_base] = True
+    count = num_base
+    while heap:
+        _, i, j = heapq.heappop(heap)
+        if not (alive[i] and alive[j]):
+            continue  # a stale pair: one side was merged already
+        new = count
+        count += 1
+        alive[i] = alive[j] = False
+        alive[new] = True
+        rows[new] = rows[i] | rows[j]
+        total = sizes[i] + sizes[j]
+        sizes[new] = total
+        boxes[new, :2] = np.minimum(boxes[i, :2], boxes[j, :2])
+        boxes[new, 2:] = np.maximum(boxes[i, 2:], boxes[j, 2:])
+        colour_hist[new] = (colour_hist[i] * sizes[i] + colour_hist[j] * sizes[j]) / total
+        texture_hist[new] = (texture_hist[i] * sizes[i] + texture_hist[j] * sizes[j]) / total
+        around = (neighbours[i] | neighbours[j]) - {i, j}
+        for other in around:
+            neighbours[other].discard(i)
+            neighbours[other].discard(j)
+            neighbours[other].add(new)
+        neighbours[new] = around
+        if around:
+            others = np.fromiter(around, dtype=np.int64)
+            for value, other in zip((-similarity(new, others)).tolist(), others.tolist()):
+                heapq.heappush(heap, (value, other, new))
+    return rows[:count].view(np.int64)
+
+
+def _parse_list(value, name: str) -> list:
+    if isinstance(value, str):
+        value = [v for v in value.replace(";", ",").split(",") if v.strip()]
+    items = [v.strip() if isinstance(v, str) else v for v in value]
+    if not items:
+        raise InputError(f"selective_search option {name} must not be empty")
+    return items
+
+
+def selective_search(
+    image: np.ndarray,
+    boxes: np.ndarray | None = None,
+    *,
+    max_candidates: int = 2000,
+    colour_spaces=("hsv", "lab"),
+    ks=(100, 200),
+    strategies=("ctsf", "tsf"),
+    sigma: float = 0.8,
+    min_size: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Selective Search candidates of one image.
+
+    image: uint8 [H, W, 3] RGB. boxes: ignored (the method is box-independent; the argument keeps
+    the plug-in signature). max_candidates: keep at most this many. colour_spaces: any of rgb,
+    hsv, lab, gray (list or comma-separated string). ks: Felzenszwalb scales (0..255 colour units).
+    strategies: similarity sets, each a string of c(olour) t(exture) s(ize) f(ill).
+    sigma: smoothing before segmentation, pixels. min_size: smallest base region in pixels
+    (default: k). seed: seed of the random factor of the ranking.
+
+    Returns units int32 [H, W], members int64 [N, ceil(U / 64)] and scores float32 [N] in (0, 1]
+    (1 for the best-ranked candidate, falling linearly with rank).
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InputError(f"selective_search needs an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
+    if int(max_candidates) < 1:
+        raise InputError(f"max_candidates must be at least 1, got {max_candidates}")
+    colour_spaces = [str(v).lower() for v in _parse_list(colour_spaces, "colour_spaces")]
+    ks = [float(v) for v in _parse_list(ks, "ks")]
+    strategies = [str(v).lower() for v in _parse_list(strategies, "strategies")]
+    for strategy in strategies:
+        if not strategy or set(strategy) - STRATEGY_LETTERS:
+            raise InputError(f"selective_search strategy {strategy!r} must be letters of 'ctsf' (colour, texture, size, fill)")
+    h, w = image.shape[:2]
+
+    converted = {space: convert_colour(image, space) for space in colour_spaces}
+    settings = [(space, k) for space in colour_spaces for k in ks]
+    segmentations = [
+        segment(converted[space], k=k, min_size=int(k if min_size is None else min_size), sigma=sigma)
+        for space, k in settings
+    ]
+    units, region_of_unit = common_refinement(segmentations)
+    num_units = region_of_unit.shape[1]
+    flat_units = units.reshape(-1).astype(np.int64)
+    unit_area, unit_box = bits.unit_statistics(units, num_units)
+    unit_hist = {}
+    for space in colour_spaces:
+        colour_bins, texture_bins = _pixel_feature_bins(converted[space])
+        unit_hist[space] = (
+            _unit_histograms(flat_units, num_units, colour_bins),
+            _unit_histograms(flat_units, num_units, texture_bins),
+        )
+
+    rng = np.random.default_rng(seed)
+    all_rows, all_rank = [], []
+    for (space, _k), seg, unit_region in zip(settings, segmentations, region_of_unit):
+        num_regions = int(unit_region.max()) + 1
+        one_hot = np.zeros((num_regions, num_units), dtype=bool)
+        one_hot[unit_region, np.arange(num_units)] = True
+        region_rows = bits.pack_rows(one_hot)
+        size = np.bincount(unit_region, weights=unit_area, minlength=num_regions)
+        box = np.empty((num_regions, 4), dtype=np.int64)
+        box[:, 0], box[:, 1], box[:, 2:] = w, h, 0
+        np.minimum.at(box[:, 0], unit_region, unit_box[:, 0])
+        np.minimum.at(box[:, 1], unit_region, unit_box[:, 1])
+        np.maximum.at(box[:, 2], unit_region, unit_box[:, 2])
+        np.maximum.at(box[:, 3], unit_region, unit_box[:, 3])
+        colour_units, texture_units = unit_hist[space]
+        colour = np.zeros((num_regions, colour_units.shape[1]))
+        texture = np.zeros((num_regions, texture_units.shape[1]))
+        np.add.at(colour, unit_region, colour_units)
+        np.add.at(texture, unit_region, texture_units)
+        adjacency = _adjacent_pairs(seg)
+        for strategy in strategies:
+            rows = group_hierarchy(region_rows, size, box, colour, texture, adjacency, strategy, h * w)
+            # Paper's ranking: position from the top of the hierarchy (1 = last merge) times U(0, 1).
+            position = np.arange(rows.shape[0], 0, -1, dtype=np.float64)
+            all_rows.append(rows)
+            all_rank.append(position * rng.random(rows.shape[0]))
+    rows = np.concatenate(all_rows)
+    order = np.argsort(np.concatenate(all_rank), kind="stable")
+    rows = rows[order]
+    _, first = np.unique(rows, axis=0, return_index=True)  # duplicates: keep the best-ranked copy
+    keep = np.sort(first)[: int(max_candidates)]
+    members = np.ascontiguousarray(rows[keep])
+    count = members.shape[0]
+    scores = (1.0 - np.arange(count, dtype=np.float64) / count).astype(np.float32)
+    return units, members, scores
+
+
+register_method("selective_search", selective_search)
