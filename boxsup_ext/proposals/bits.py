@@ -32,7 +32,7 @@ def unpack_rows(members: np.ndarray, num_units: int) -> np.ndarray:
     members = np.ascontiguousarray(members, dtype=np.int64)
     if members.ndim != 2:
         raise ValueError(f"members must have shape [N, W64], got {members.shape}")
-    as_bytes = members.astype("<i8", copy=False).view(np.uint8).reshape(members.shape[0], -1)
+    as_bytes = members.astype("<i8", copy=False).view(np.uint8).reshape(members.shape[0], members.shape[1] * 8)
     bits = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :num_units]
     return bits.astype(bool, copy=False)
 
