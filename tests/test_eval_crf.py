@@ -47,6 +47,10 @@ def test_default_params_are_deeplab_and_parallel_matches_serial():
     parallel = dense_crf_many([s[0] for s in scenes], [s[1] for s in scenes], params, workers=2)
     for a, b in zip(serial, parallel):
         np.testing.assert_allclose(a, b, atol=1e-6)
+    # Decoded images are often read-only; the CRF must accept them unchanged.
+    image, probs, _ = scenes[0]
+    image.setflags(write=False)
+    np.testing.assert_allclose(dense_crf(image, probs, params), serial[0], atol=1e-6)
 
 
 def test_params_parsing_and_bad_inputs():

@@ -100,9 +100,9 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParam
     unary = unary_from_softmax(np.clip(probs.astype(np.float32), _MIN_PROB, 1.0))
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=params.pos_xy_std, compat=params.pos_w)
-    crf.addPairwiseBilateral(
-        sxy=params.bi_xy_std, srgb=params.bi_rgb_std, rgbim=np.ascontiguousarray(image), compat=params.bi_w
-    )
+    # pydensecrf takes a writable C-contiguous buffer; decoded images are often read-only views.
+    rgb = np.array(image, dtype=np.uint8, order="C", copy=True)
+    crf.addPairwiseBilateral(sxy=params.bi_xy_std, srgb=params.bi_rgb_std, rgbim=rgb, compat=params.bi_w)
     marginals = np.asarray(crf.inference(params.iterations), dtype=np.float32)
     return marginals.reshape(num_classes, height, width)
 

@@ -306,3 +306,49 @@ def format_results_table(results: dict[str, Any]) -> str:
         for w, b, i in zip(trimap["widths"], trimap["boundary_miou"], trimap["interior_miou"]):
             lines.append(f"{w:>17d}  {pct(b):>17}  {pct(i):>17}")
     return "\n".join(lines)
+
+
+def add_inference_arguments(parser: Any) -> None:
+    """The inference options shared by ``evaluate`` and ``predict`` (argparse)."""
+    group = parser.add_argument_group("inference")
+    group.add_argument("--scales", default="1.0", help="comma-separated test scales whose scores are averaged (BoxSup+: 0.8,1.0,1.2)")
+    group.add_argument("--flip", action="store_true", help="also average the horizontally mirrored image")
+    group.add_argument("--crf", action="store_true", help="dense CRF post-processing (DeepLab defaults)")
+    group.add_argument(
+        "--crf-params",
+        default="",
+        help="override CRF settings, e.g. bi_w=4,bi_xy_std=121,bi_rgb_std=5,pos_w=3,pos_xy_std=3,iterations=10",
+    )
+    group.add_argument("--batch-size", type=int, default=4, help="images per forward pass (same-size images only)")
+    group.add_argument("--workers", type=int, default=1, help="processes for the dense CRF")
+    group.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def settings_from_args(args: Any) -> InferenceSettings:
+    """:class:`InferenceSettings` from the options of :func:`add_inference_arguments`."""
+    from boxsup_ext.evaluation.multiscale import parse_scales
+
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+    if args.crf_params and not args.crf:
+        raise InputError("--crf-params needs --crf")
+    crf = CRFParams.from_string(args.crf_params) if args.crf else None
+    return InferenceSettings(
+        scales=parse_scales(args.scales), flip=args.flip, crf=crf, batch_size=args.batch_size, crf_workers=args.workers
+    )
+
+
+def load_predictor(checkpoint: Path, settings: InferenceSettings, device: Optional[str] = None) -> tuple[LabelPredictor, dict[str, Any]]:
+    """A :class:`LabelPredictor` for a trainer checkpoint, and the checkpoint's ``model_meta``."""
+    from boxsup_ext.models import IMAGENET_MEAN, IMAGENET_STD, load_model_from_checkpoint
+
+    try:
+        target = torch.device(device) if device else default_device()
+    except RuntimeError:
+        raise InputError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    model, meta = load_model_from_checkpoint(checkpoint, map_location=target)
+    mean = meta.get("mean", IMAGENET_MEAN)
+    std = meta.get("std", IMAGENET_STD)
+    return LabelPredictor(model, mean, std, settings, target), meta
