@@ -1,0 +1,239 @@
+"""The compiled ops of boxsup_ext, as thin Python functions.
+
+Conventions used by every op:
+
+* **Boxes** are ``(x0, y0, x1, y1)`` floats in pixel units, half-open: pixel (row y, column x)
+  lies in a box when its centre ``(x + 0.5, y + 0.5)`` is in ``[x0, x1) x [y0, y1)``. A VOC box
+  (1-based inclusive) is ``(xmin - 1, ymin - 1, xmax, ymax)``; a COCO box ``[x, y, w, h]`` is
+  ``(x, y, x + w, y + h)``. A mask's tight box is ``(min x, min y, max x + 1, max y + 1)``.
+* **Candidates** of one H x W image are ``units`` (int32/int64 [H, W], values in [0, U): the
+  superpixel of each pixel) and ``members`` (int64 [N, ceil(U / 64)]: bit ``u % 64`` of word
+  ``u // 64`` of row n is set when unit u belongs to candidate n).
+
+The ops are registered with the PyTorch dispatcher as ``torch.ops.boxsup.*`` (CPU kernels always,
+CUDA kernels when built with CUDA), with fake kernels for ``torch.compile`` / ``opcheck``.
+Plain float64 references of each op are in :mod:`boxsup_ext.reference`.
+"""
+
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+
+from boxsup_ext.reference import ProposalCosts, num_words
+
+try:
+    from boxsup_ext import _C  # noqa: F401  (registers torch.ops.boxsup)
+except ImportError as err:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "boxsup_ext._C (the compiled kernels) could not be loaded: "
+        f"{err}. Build them with `pip install --no-build-isolation .` (or `make test`)."
+    ) from err
+
+__all__ = [
+    "ProposalCosts",
+    "proposal_costs",
+    "proposal_costs_batched",
+    "pack_masks",
+    "unpack_masks",
+    "pixel_units",
+    "masks_to_units",
+    "paint_labels",
+    "build_info",
+]
+
+
+def build_info() -> dict:
+    """Facts about the compiled kernels: version, CUDA compiled in, threads, parallel backend."""
+    return {
+        "version": _C.version(),
+        "cuda_compiled": bool(_C.cuda_compiled()),
+        "num_threads": int(_C.num_threads()),
+        "cuda_available": torch.cuda.is_available(),
+    }
+
+
+def proposal_costs(
+    units: torch.Tensor,
+    members: torch.Tensor,
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+) -> ProposalCosts:
+    """Statistics of every candidate segment against every box of one image, in one pass.
+
+    Args:
+        units: int32 or int64 [H, W], unit (superpixel) id of each pixel, in [0, 64 * W64).
+        members: int64 [N, W64] bit words; row n holds the units of candidate n.
+        logits: float32 / float16 / bfloat16 [C, H, W] network scores (accumulated in float32 per
+            pixel and float64 per unit). Must be finite.
+        boxes: float [M, 4] ``(x0, y0, x1, y1)`` half-open pixel coordinates (may extend outside).
+        labels: int64 [M] class of each box, in [0, C).
+
+    Returns:
+        :class:`ProposalCosts` with ``area`` int64 [N] (pixels), ``bbox`` float32 [N, 4] (tight box;
+        zeros for an empty candidate), ``iou_box`` float32 [N, M] (IoU of box m with the tight box;
+        0 for an empty candidate), ``iou_mask`` float32 [N, M] (pixel IoU of the candidate's mask
+        with the pixels of box m inside the image) and ``mean_ce`` float32 [N, M] (mean over the
+        candidate's pixels of ``-log softmax(logits[:, y, x])[labels[m]]``; +inf when empty).
+        All on the device of the inputs.
+    """
+    return ProposalCosts(*torch.ops.boxsup.proposal_costs(units, members, logits, boxes, labels))
+
+
+def proposal_costs_batched(
+    units: Sequence[torch.Tensor],
+    members: Sequence[torch.Tensor],
+    logits: Sequence[torch.Tensor],
+    boxes: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+) -> List[ProposalCosts]:
+    """:func:`proposal_costs` for many images of different sizes and candidate counts in one call.
+
+    Each argument is a sequence with one tensor per image, shaped as in :func:`proposal_costs`.
+    On a GPU all images go through one launch per stage; on the CPU images run in parallel.
+    Returns one :class:`ProposalCosts` per image, equal to the per-image op's results.
+    """
+    outs = torch.ops.boxsup.proposal_costs_batched(list(units), list(members), list(logits), list(boxes), list(labels))
+    return [ProposalCosts(*fields) for fields in zip(*outs)]
+
+
+def pack_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Pack bool masks [N, *S] into int64 bit words [N, ceil(prod(S) / 64)] (pixels row-major).
+
+    With ``units = pixel_units(H, W)`` the packed masks are candidates in units form ("every pixel
+    is a unit").
+    """
+    if masks.dim() < 1:
+        raise ValueError(f"masks must have shape [N, ...], got {tuple(masks.shape)}")
+    return torch.ops.boxsup.pack_masks(masks.reshape(masks.shape[0], -1))
+
+
+def unpack_masks(words: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`pack_masks`: int64 words [N, W64] to bool [N, *shape]."""
+    shape = [int(s) for s in shape]
+    length = 1
+    for size in shape:
+        length *= size
+    return torch.ops.boxsup.unpack_masks(words, length).reshape(words.shape[0], *shape)
+
+
+def pixel_units(height: int, width: int, device: Optional[torch.device] = None) -> torch.Tensor:
+    """The units map int64 [H, W] in which every pixel is its own unit (id y * W + x)."""
+    return torch.arange(height * width, dtype=torch.int64, device=device).reshape(height, width)
+
+
+def masks_to_units(masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Convert bool masks [N, H, W] to units form: (units int64 [H, W], members int64 [N, ceil(U/64)]).
+
+    Pixels sharing the same membership in every mask become one unit, so the result is exact and U
+    is minimal. Units are numbered by the sorted order of their membership signatures.
+    """
+    if masks.dim() != 3 or masks.dtype != torch.bool:
+        raise ValueError(f"masks must be bool [N, H, W], got {masks.dtype} {tuple(masks.shape)}")
+    n, h, w = masks.shape
+    if n == 0 or h * w == 0:
+        return torch.zeros(h, w, dtype=torch.int64, device=masks.device), torch.zeros(
+            n, 1, dtype=torch.int64, device=masks.device
+        )
+    signature = pack_masks(masks.reshape(n, h * w).t().contiguous())  # [H*W, ceil(N/64)]
+    unique_signatures, inverse = torch.unique(signature, dim=0, return_inverse=True)
+    unit_in_candidate = unpack_masks(unique_signatures, [n]).t().contiguous()  # [N, U]
+    return inverse.reshape(h, w).to(torch.int64), pack_masks(unit_in_candidate)
+
+
+def paint_labels(
+    units: torch.Tensor,
+    members: torch.Tensor,
+    chosen: torch.Tensor,
+    labels: torch.Tensor,
+    boxes: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Paint a label map from the candidate chosen for each box.
+
+    Args:
+        units: int32/int64 [H, W]; members: int64 [N, W64] (units form of the candidates).
+        chosen: int64 [M], index of the candidate chosen for box m, or -1 for none.
+        labels: int64 [M], class painted for box m, in [0, 255].
+        boxes: optional float [M, 4]; when given, each candidate is clipped to its box.
+
+    Returns:
+        uint8 [H, W]: background 0 everywhere no region covers; regions painted in descending
+        painted area (ties in box order), so smaller regions end on top.
+    """
+    return torch.ops.boxsup.paint_labels(units, members, chosen, labels, boxes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake (meta) kernels: shapes and dtypes only, with the same shape checks as the C++ code.
+
+
+def _check_image_shapes(units, members, logits, boxes, labels, where: str = "") -> None:
+    torch._check(units.dim() == 2, lambda: f"units{where} must have shape [H, W], got {tuple(units.shape)}")
+    torch._check(units.dtype in (torch.int32, torch.int64), lambda: f"units{where} must be int32 or int64")
+    torch._check(members.dim() == 2 and members.dtype == torch.int64, lambda: f"members{where} must be int64 [N, W64]")
+    torch._check(
+        logits.dim() == 3 and logits.dtype in (torch.float32, torch.float16, torch.bfloat16),
+        lambda: f"logits{where} must be float32/float16/bfloat16 [C, H, W]",
+    )
+    torch._check(
+        logits.shape[1] == units.shape[0] and logits.shape[2] == units.shape[1],
+        lambda: f"logits{where} must match units in H and W",
+    )
+    torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: f"boxes{where} must have shape [M, 4]")
+    torch._check(
+        labels.dim() == 1 and labels.shape[0] == boxes.shape[0], lambda: f"labels{where} must have shape [M]"
+    )
+
+
+def _fake_costs(units, members, boxes):
+    n, m = members.shape[0], boxes.shape[0]
+    return (
+        members.new_empty((n,), dtype=torch.int64),
+        members.new_empty((n, 4), dtype=torch.float32),
+        members.new_empty((n, m), dtype=torch.float32),
+        members.new_empty((n, m), dtype=torch.float32),
+        members.new_empty((n, m), dtype=torch.float32),
+    )
+
+
+@torch.library.register_fake("boxsup::proposal_costs")
+def _proposal_costs_fake(units, members, logits, boxes, labels):
+    _check_image_shapes(units, members, logits, boxes, labels)
+    return _fake_costs(units, members, boxes)
+
+
+@torch.library.register_fake("boxsup::proposal_costs_batched")
+def _proposal_costs_batched_fake(units, members, logits, boxes, labels):
+    torch._check(
+        len(units) == len(members) == len(logits) == len(boxes) == len(labels),
+        lambda: "proposal_costs_batched needs one tensor of each kind per image",
+    )
+    outs = []
+    for i, args in enumerate(zip(units, members, logits, boxes, labels)):
+        _check_image_shapes(*args, where=f" (image {i})")
+        outs.append(_fake_costs(args[0], args[1], args[3]))
+    return tuple(list(field) for field in zip(*outs)) if outs else ([], [], [], [], [])
+
+
+@torch.library.register_fake("boxsup::pack_masks")
+def _pack_masks_fake(masks):
+    torch._check(masks.dim() == 2 and masks.dtype == torch.bool, lambda: "masks must be bool [N, L]")
+    return masks.new_empty((masks.shape[0], num_words(masks.shape[1])), dtype=torch.int64)
+
+
+@torch.library.register_fake("boxsup::unpack_masks")
+def _unpack_masks_fake(words, length):
+    torch._check(words.dim() == 2 and words.dtype == torch.int64, lambda: "words must be int64 [N, W64]")
+    torch._check(0 <= length <= words.shape[1] * 64, lambda: "length must be in [0, 64 * words.size(1)]")
+    return words.new_empty((words.shape[0], length), dtype=torch.bool)
+
+
+@torch.library.register_fake("boxsup::paint_labels")
+def _paint_labels_fake(units, members, chosen, labels, boxes):
+    torch._check(units.dim() == 2, lambda: "units must have shape [H, W]")
+    torch._check(chosen.dim() == 1 and labels.shape == chosen.shape, lambda: "chosen and labels must be [M]")
+    if boxes is not None:
+        torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: "boxes must have shape [M, 4]")
+    return units.new_empty(units.shape, dtype=torch.uint8)

@@ -1,0 +1,120 @@
+// CPU kernels of boxsup::pack_masks, unpack_masks and paint_labels.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "../common/checks.h"
+#include "../common/proposal_math.h"
+
+namespace boxsup {
+namespace {
+
+at::Tensor pack_masks_cpu(const at::Tensor& masks) {
+  TORCH_CHECK(masks.dim() == 2, "masks must have shape [N, L] (flatten the pixel dims), got ", masks.sizes());
+  TORCH_CHECK(masks.scalar_type() == at::kBool, "masks must be bool, got ", masks.scalar_type());
+  const at::Tensor in = masks.contiguous();
+  const int64_t N = in.size(0), L = in.size(1), W64 = (L + 63) / 64;
+  at::Tensor out = at::zeros({N, W64}, in.options().dtype(at::kLong));
+  const bool* src = in.data_ptr<bool>();
+  uint64_t* dst = reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>());
+  at::parallel_for(0, N * W64, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t n = k / W64, w = k % W64;
+      const bool* bits = src + n * L + w * 64;
+      const int64_t count = std::min<int64_t>(64, L - w * 64);
+      uint64_t word = 0;
+      for (int64_t b = 0; b < count; ++b) word |= static_cast<uint64_t>(bits[b]) << b;
+      dst[k] = word;
+    }
+  });
+  return out;
+}
+
+at::Tensor unpack_masks_cpu(const at::Tensor& words, int64_t length) {
+  TORCH_CHECK(words.dim() == 2 && words.scalar_type() == at::kLong,
+              "words must be int64 bit words of shape [N, W64], got ", words.scalar_type(), " ", words.sizes());
+  TORCH_CHECK(length >= 0 && length <= words.size(1) * 64, "length must be in [0, 64 * words.size(1)] = [0, ",
+              words.size(1) * 64, "], got ", length);
+  const at::Tensor in = words.contiguous();
+  const int64_t N = in.size(0), W64 = in.size(1);
+  at::Tensor out = at::empty({N, length}, in.options().dtype(at::kBool));
+  const uint64_t* src = reinterpret_cast<const uint64_t*>(in.data_ptr<int64_t>());
+  bool* dst = out.data_ptr<bool>();
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      for (int64_t i = 0; i < length; ++i) dst[n * length + i] = (src[n * W64 + (i >> 6)] >> (i & 63)) & 1;
+    }
+  });
+  return out;
+}
+
+inline bool has_unit(const uint64_t* row, int64_t unit, int64_t num_words) {
+  return unit >= 0 && (unit >> 6) < num_words && ((row[unit >> 6] >> (unit & 63)) & 1);
+}
+
+template <typename unit_t>
+at::Tensor paint_labels_impl(const PaintInputs& in) {
+  const int64_t H = in.height, W = in.width, W64 = in.num_words;
+  const int64_t M = static_cast<int64_t>(in.chosen.size());
+  const unit_t* units = in.units.data_ptr<unit_t>();
+  const uint64_t* members = reinterpret_cast<const uint64_t*>(in.members.data_ptr<int64_t>());
+  const bool clip = !in.boxes.empty();
+  for (int64_t p = 0; p < H * W; ++p) {
+    const int64_t u = static_cast<int64_t>(units[p]);
+    TORCH_CHECK(u >= 0 && u < W64 * 64, "units has id ", u, " outside [0, 64 * members.size(1)) = [0, ", W64 * 64,
+                ")");
+  }
+  std::vector<int64_t> col_begin(M, 0), col_end(M, W), row_begin(M, 0), row_end(M, H);
+  if (clip) {
+    for (int64_t m = 0; m < M; ++m) {
+      math::pixel_range(in.boxes[4 * m], in.boxes[4 * m + 2], W, &col_begin[m], &col_end[m]);
+      math::pixel_range(in.boxes[4 * m + 1], in.boxes[4 * m + 3], H, &row_begin[m], &row_end[m]);
+    }
+  }
+  // Painted area of each region (clipped to its box when clipping).
+  std::vector<int64_t> area(M, 0);
+  for (int64_t m = 0; m < M; ++m) {
+    if (in.chosen[m] < 0) continue;
+    const uint64_t* row = members + in.chosen[m] * W64;
+    for (int64_t y = row_begin[m]; y < row_end[m]; ++y)
+      for (int64_t x = col_begin[m]; x < col_end[m]; ++x) area[m] += has_unit(row, units[y * W + x], W64);
+  }
+  std::vector<int64_t> order;
+  for (int64_t m = 0; m < M; ++m)
+    if (in.chosen[m] >= 0) order.push_back(m);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return area[a] > area[b]; });
+
+  at::Tensor out = at::zeros({H, W}, in.units.options().dtype(at::kByte));
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  // Later regions in `order` are smaller and end on top: paint in order, each overwriting.
+  for (int64_t m : order) {
+    const uint64_t* row = members + in.chosen[m] * W64;
+    const uint8_t label = static_cast<uint8_t>(in.labels[m]);
+    at::parallel_for(row_begin[m], row_end[m], 16, [&](int64_t y0, int64_t y1) {
+      for (int64_t y = y0; y < y1; ++y)
+        for (int64_t x = col_begin[m]; x < col_end[m]; ++x)
+          if (has_unit(row, units[y * W + x], W64)) dst[y * W + x] = label;
+    });
+  }
+  return out;
+}
+
+at::Tensor paint_labels_cpu(const at::Tensor& units, const at::Tensor& members, const at::Tensor& chosen,
+                            const at::Tensor& labels, const c10::optional<at::Tensor>& boxes) {
+  const PaintInputs in = prepare_paint_inputs(units, members, chosen, labels, boxes);
+  return AT_DISPATCH_INDEX_TYPES(in.units.scalar_type(), "paint_labels", [&] { return paint_labels_impl<index_t>(in); });
+}
+
+}  // namespace
+}  // namespace boxsup
+
+TORCH_LIBRARY_IMPL(boxsup, CPU, m) {
+  m.impl("pack_masks", &boxsup::pack_masks_cpu);
+  m.impl("unpack_masks", &boxsup::unpack_masks_cpu);
+  m.impl("paint_labels", &boxsup::paint_labels_cpu);
+}
