@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
+from boxsup_ext.data import ImageRecord
 from boxsup_ext.proposals import ProposalStore, bits, generate_proposals, open_store, register_method
 from boxsup_ext.proposals.store import entry_filename, read_entry, write_entry
 from boxsup_ext.utils import InputError
-
-
-@dataclass(frozen=True)
-class Record:
-    image_id: str
-    height: int
-    width: int
-    boxes: np.ndarray
-    labels: np.ndarray
-    difficult: np.ndarray
-    supervision: str = "box"
-    source: str = "tiny"
 
 
 class TinyDataset:
@@ -39,7 +27,7 @@ class TinyDataset:
             image = rng.integers(0, 60, size=(h, w, 3)).astype(np.uint8)
             image[h // 4 : h // 2, w // 4 : w // 2] += 150
             box = np.array([[w // 4, h // 4, w // 2, h // 2]], np.float32)
-            self.records.append(Record(f"img/{index:02d}", h, w, box, np.array([1]), np.array([False])))
+            self.records.append(ImageRecord(f"img/{index:02d}", h, w, box, np.array([1]), np.array([False]), "box", "tiny"))
             self.images.append(image)
 
     def __len__(self):
