@@ -114,3 +114,39 @@ def test_compare_table(tmp_path):
 def test_missing_results_file(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         figures.main(["compare", "--results", str(tmp_path / "nope.json"), "--out", str(tmp_path / "c.png")])
+
+
+def test_mask_evolution_from_run_snapshots(tmp_path):
+    import yaml
+
+    from boxsup_ext.data import open_dataset, save_label_png
+    from boxsup_ext.data.synthetic import generate
+
+    root = generate(tmp_path / "data", num_train=3, num_val=1, seed=2, height=32, width=40)
+    dataset = open_dataset(root, "train", kind="synthetic")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"train": [{"kind": "synthetic", "root": str(root), "split": "train"}]}}))
+    shown = [dataset[0].image_id, dataset[2].image_id]
+    for epoch in (1, 2, 3):
+        for index in range(len(dataset)):
+            record = dataset[index]
+            label = np.zeros((record.height, record.width), np.uint8)
+            if epoch > 1:  # epoch 1 stays background; later epochs paint the boxes
+                for (x0, y0, x1, y1), c in zip(record.boxes.astype(int), record.labels):
+                    label[y0:y1, x0:x1] = c
+            save_label_png(run / "labels" / "snapshots" / f"epoch_{epoch:03d}" / f"{record.image_id}.png", label)
+    out = tmp_path / "evolution.png"
+    assert figures.main(["mask-evolution", "--run", str(run), "--images", ",".join(shown), "--epochs", "1,3", "--out", str(out), "--dpi", "50"]) == 0
+    image = _png(out)
+    assert image.shape == (215, 400, 3)  # 2 rows x 4 panels (image, ground truth, 2 epochs), 2 in each
+    colours = figures.colorize(np.array([[c for c in dataset[0].labels]], np.uint8))[0]
+    for colour in colours:
+        assert _count_colour(image, colour, tol=4) > 20
+    # Default epochs: all three snapshots; an epoch without snapshots is refused.
+    figures.main(["mask-evolution", "--run", str(run), "--images", shown[0], "--out", str(out), "--dpi", "50"])
+    assert _png(out).shape == (115, 500, 3)
+    with pytest.raises(InputError, match="available"):
+        figures.main(["mask-evolution", "--run", str(run), "--images", shown[0], "--epochs", "7", "--out", str(out)])
+    with pytest.raises(InputError, match="not in dataset"):
+        figures.main(["mask-evolution", "--run", str(run), "--images", "nope", "--out", str(out)])
