@@ -87,6 +87,22 @@ def _contract(a: np.ndarray, b: np.ndarray, w: np.ndarray, new_label: np.ndarray
     return a[keep], b[keep], w[keep]
 
 
+def pixel_graph(image: np.ndarray, sigma: float = 0.8):
+    """The weighted, weight-sorted 8-connected graph of an image, for :func:`segment_graph`.
+
+    image: uint8 or float array [H, W] or [H, W, C]; sigma: Gaussian pre-smoothing in pixels
+    (0 for none). Returns ((H, W), a, b, weight) as from :func:`grid_edges`.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if sigma > 0 and img.size:
+        img = cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REPLICATE)
+        if img.ndim == 2:
+            img = img[:, :, None]
+    return (img.shape[0], img.shape[1]), *grid_edges(img)
+
+
 def segment(image: np.ndarray, k: float = 100.0, min_size: int = 50, sigma: float = 0.8) -> np.ndarray:
     """Segment an image into regions; returns labels int32 [H, W] numbered 0..R-1 densely.
 
@@ -95,17 +111,14 @@ def segment(image: np.ndarray, k: float = 100.0, min_size: int = 50, sigma: floa
     k: scale; larger k gives larger regions. min_size: smallest region in pixels after clean-up.
     sigma: Gaussian pre-smoothing in pixels (0 for none).
     """
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim == 2:
-        img = img[:, :, None]
-    h, w = img.shape[:2]
+    return segment_graph(pixel_graph(image, sigma), k, min_size)
+
+
+def segment_graph(graph, k: float = 100.0, min_size: int = 50) -> np.ndarray:
+    """:func:`segment` on a graph from :func:`pixel_graph` (several k can share one graph)."""
+    (h, w), a, b, weight = graph
     if h * w == 0:
         return np.zeros((h, w), dtype=np.int32)
-    if sigma > 0:
-        img = cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REPLICATE)
-        if img.ndim == 2:
-            img = img[:, :, None]
-    a, b, weight = grid_edges(img)
 
     num_pixels = h * w
     # Global state, indexed by pixel id; a component is named by one of its pixels (its root).

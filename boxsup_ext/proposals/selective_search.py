@@ -4,7 +4,8 @@ Pipeline for one image:
 
 1. Felzenszwalb segmentations for every (colour space, k) pair (``felzenszwalb.segment``).
 2. Units = the common refinement of those segmentations (pixels that share a region in every
-   one of them), so each base region, and each union of base regions, is an exact set of units.
+   one of them), with slivers under ``min_unit_size`` pixels joined to a neighbour, so each
+   base region, and each union of base regions, is a set of units.
 3. For every segmentation and every similarity strategy, hierarchical grouping: repeatedly merge
    the most similar pair of adjacent regions (colour + texture + size + fill similarities, or a
    subset), recording every region ever formed as a candidate. A candidate's member bits are the
@@ -24,7 +25,7 @@ import cv2
 import numpy as np
 
 from boxsup_ext.proposals import bits
-from boxsup_ext.proposals.felzenszwalb import segment
+from boxsup_ext.proposals.felzenszwalb import pixel_graph, segment_graph
 from boxsup_ext.proposals.registry import register_method
 from boxsup_ext.utils import InputError
 
@@ -83,37 +84,96 @@ def _unit_histograms(flat_units: np.ndarray, num_units: int, feature_bins: np.nd
     return np.bincount(index, minlength=num_units * dims).reshape(num_units, dims).astype(np.float64)
 
 
-def common_refinement(segmentations: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def common_refinement(segmentations: list[np.ndarray], min_unit_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Units int32 [H, W] refining every segmentation, and region_of_unit int64 [S, U].
 
-    ``region_of_unit[s, u]`` is the region of segmentation s that contains unit u.
+    ``region_of_unit[s, u]`` is the region of segmentation s that holds unit u; regions are
+    renumbered densely. The exact refinement of several segmentations is mostly slivers along
+    boundaries that the segmentations draw a pixel or two apart (on VOC-sized images over half
+    of its units are under 10 pixels). Units under ``min_unit_size`` pixels are therefore joined
+    to their larger neighbour with the longest shared border, and take that neighbour's regions:
+    base regions move by those few pixels, and U, with it the size of ``members``, drops about 3x.
     """
+    shape = segmentations[0].shape
     key = np.zeros(segmentations[0].size, dtype=np.int64)
     for seg in segmentations:
         flat = seg.reshape(-1).astype(np.int64)
         key = key * (int(flat.max()) + 1) + flat
-        _, first, key = np.unique(key, return_index=True, return_inverse=True)
+        _, key = np.unique(key, return_inverse=True)
         key = key.reshape(-1)
+    if min_unit_size > 1:
+        key = _absorb_small_units(key.reshape(shape), int(min_unit_size)).reshape(-1)
+    _, first, key = np.unique(key, return_index=True, return_inverse=True)
+    key = key.reshape(-1)
     # Number units in raster order of their first pixel, for a deterministic layout.
     order = np.argsort(first, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
     flat_units = rank[key]
     first_pixel = first[order]
-    region_of_unit = np.stack([seg.reshape(-1)[first_pixel].astype(np.int64) for seg in segmentations])
-    return flat_units.astype(np.int32).reshape(segmentations[0].shape), region_of_unit
+    region_of_unit = np.stack(
+        [np.unique(seg.reshape(-1)[first_pixel], return_inverse=True)[1].reshape(-1).astype(np.int64) for seg in segmentations]
+    )
+    return flat_units.astype(np.int32).reshape(shape), region_of_unit
 
 
-def _adjacent_pairs(labels: np.ndarray) -> np.ndarray:
-    """Unique unordered pairs int64 [E, 2] (i < j) of 4-connected neighbouring labels."""
-    right = np.stack([labels[:, :-1].ravel(), labels[:, 1:].ravel()], axis=1)
-    down = np.stack([labels[:-1, :].ravel(), labels[1:, :].ravel()], axis=1)
-    pairs = np.concatenate([right, down]).astype(np.int64)
+def _absorb_small_units(labels: np.ndarray, min_size: int, rounds: int = 4) -> np.ndarray:
+    """Join labels under ``min_size`` pixels to a larger 4-neighbour (longest shared border).
+
+    labels: int64 [H, W] in [0, L). Each small label points at a neighbour that is larger (ties by
+    id), so the pointers form a forest, resolved by pointer jumping; a few rounds catch labels
+    that grew past no neighbour in the first one. Returns int64 [H, W] (not renumbered).
+    """
+    for _ in range(rounds):
+        num = int(labels.max()) + 1
+        area = np.bincount(labels.ravel(), minlength=num)
+        small = area < min_size
+        if not small.any():
+            break
+        pairs = np.concatenate([
+            np.stack([labels[:, :-1].ravel(), labels[:, 1:].ravel()], 1),
+            np.stack([labels[:-1, :].ravel(), labels[1:, :].ravel()], 1),
+        ])
+        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+        pairs = np.concatenate([pairs, pairs[:, ::-1]])  # both directions: (from, to)
+        rank = area * (num + 1) + np.arange(num)  # strict order: larger area, then larger id
+        pairs = pairs[small[pairs[:, 0]] & (rank[pairs[:, 1]] > rank[pairs[:, 0]])]
+        if pairs.shape[0] == 0:
+            break
+        border_key, border = np.unique(pairs[:, 0] * num + pairs[:, 1], return_counts=True)
+        source, target = border_key // num, border_key % num
+        # Per source, the target with the longest border (ties: the larger target).
+        order = np.lexsort((rank[target], border, source))
+        last = np.r_[source[order][1:] != source[order][:-1], True]
+        parent = np.arange(num)
+        parent[source[order][last]] = target[order][last]
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+        labels = parent[labels]
+    return labels
+
+
+def adjacent_units(units: np.ndarray) -> np.ndarray:
+    """Unique unordered pairs int64 [E, 2] (i < j) of 4-connected neighbouring units."""
+    num = bits.unit_count(units)
+    right = units[:, :-1].astype(np.int64) * num + units[:, 1:]
+    down = units[:-1, :].astype(np.int64) * num + units[1:, :]
+    keys = np.unique(np.concatenate([right.ravel(), down.ravel()]))
+    pairs = np.stack([keys // num, keys % num], axis=1)
     pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     pairs.sort(axis=1)
-    if pairs.size == 0:
-        return pairs.reshape(0, 2)
-    return np.unique(pairs, axis=0)
+    return np.unique(pairs, axis=0) if pairs.size else pairs.reshape(0, 2)
+
+
+def region_adjacency(unit_pairs: np.ndarray, unit_region: np.ndarray) -> np.ndarray:
+    """Neighbouring region pairs int64 [E, 2] (i < j) from unit adjacency and the unit->region map."""
+    pairs = unit_region[unit_pairs]
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    pairs.sort(axis=1)
+    return np.unique(pairs, axis=0) if pairs.size else pairs.reshape(0, 2)
 
 
 def group_hierarchy(
@@ -224,6 +284,7 @@ def selective_search(
     strategies=("ctsf", "tsf"),
     sigma: float = 0.8,
     min_size: int | None = None,
+    min_unit_size: int = 16,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Selective Search candidates of one image.
@@ -233,7 +294,9 @@ def selective_search(
     hsv, lab, gray (list or comma-separated string). ks: Felzenszwalb scales (0..255 colour units).
     strategies: similarity sets, each a string of c(olour) t(exture) s(ize) f(ill).
     sigma: smoothing before segmentation, pixels. min_size: smallest base region in pixels
-    (default: k). seed: seed of the random factor of the ranking.
+    (default: k). min_unit_size: units (cells of the common refinement) under this many pixels
+    join a neighbour (0 keeps the exact refinement; see ``common_refinement``). seed: seed of
+    the random factor of the ranking.
 
     Returns units int32 [H, W], members int64 [N, ceil(U / 64)] and scores float32 [N] in (0, 1]
     (1 for the best-ranked candidate, falling linearly with rank).
@@ -252,15 +315,17 @@ def selective_search(
     h, w = image.shape[:2]
 
     converted = {space: convert_colour(image, space) for space in colour_spaces}
-    settings = [(space, k) for space in colour_spaces for k in ks]
-    segmentations = [
-        segment(converted[space], k=k, min_size=int(k if min_size is None else min_size), sigma=sigma)
-        for space, k in settings
-    ]
-    units, region_of_unit = common_refinement(segmentations)
+    settings, segmentations = [], []
+    for space in colour_spaces:
+        graph = pixel_graph(converted[space], sigma)  # shared by every k of this colour space
+        for k in ks:
+            settings.append((space, k))
+            segmentations.append(segment_graph(graph, k=k, min_size=int(k if min_size is None else min_size)))
+    units, region_of_unit = common_refinement(segmentations, int(min_unit_size))
     num_units = region_of_unit.shape[1]
     flat_units = units.reshape(-1).astype(np.int64)
     unit_area, unit_box = bits.unit_statistics(units, num_units)
+    unit_pairs = adjacent_units(units)
     unit_hist = {}
     for space in colour_spaces:
         colour_bins, texture_bins = _pixel_feature_bins(converted[space])
@@ -271,7 +336,7 @@ def selective_search(
 
     rng = np.random.default_rng(seed)
     all_rows, all_rank = [], []
-    for (space, _k), seg, unit_region in zip(settings, segmentations, region_of_unit):
+    for (space, _k), unit_region in zip(settings, region_of_unit):
         num_regions = int(unit_region.max()) + 1
         one_hot = np.zeros((num_regions, num_units), dtype=bool)
         one_hot[unit_region, np.arange(num_units)] = True
@@ -288,7 +353,7 @@ def selective_search(
         texture = np.zeros((num_regions, texture_units.shape[1]))
         np.add.at(colour, unit_region, colour_units)
         np.add.at(texture, unit_region, texture_units)
-        adjacency = _adjacent_pairs(seg)
+        adjacency = region_adjacency(unit_pairs, unit_region)
         for strategy in strategies:
             rows = group_hierarchy(region_rows, size, box, colour, texture, adjacency, strategy, h * w)
             # Paper's ranking: position from the top of the hierarchy (1 = last merge) times U(0, 1).
