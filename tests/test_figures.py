@@ -98,14 +98,16 @@ def test_compare_table(tmp_path):
         (tmp_path / name).mkdir()
         paths.append(tmp_path / name / "metrics.json")
         paths[-1].write_text(json.dumps(_results(miou)))
-    plain, wide = tmp_path / "plain.png", tmp_path / "wide.png"
+    plain, wide, tall = tmp_path / "plain.png", tmp_path / "wide.png", tmp_path / "tall.png"
     figures.main(["compare", "--results", *map(str, paths), "--out", str(plain), "--dpi", "50"])
     figures.main(["compare", "--results", *map(str, paths), "--names", "BoxSup,Mask", "--per-class", "--out", str(wide), "--dpi", "50"])
-    small, big = _png(plain), _png(wide)
-    # 3 columns + 3 trimap widths, names of 6 characters; per-class adds 3 columns.
-    assert small.shape[1] == round(50 * (1.2 + 0.09 * 6 + 0.85 * 6))
-    assert small.shape[0] == round(50 * (0.9 + 0.32 * 3))
-    assert big.shape[1] == round(50 * (1.2 + 0.09 * 6 + 0.85 * 9)) and big.shape[0] == small.shape[0]
+    figures.main(["compare", "--results", *map(str, paths + paths[:1]), "--out", str(tall), "--dpi", "50"])
+    small, big, three = _png(plain), _png(wide), _png(tall)
+    # Two rows plus the header at 0.3 inch each and 0.15 inch margins; a third row adds 0.3 inch.
+    assert small.shape[0] == round(50 * (0.3 * 3 + 0.3)) and three.shape[0] - small.shape[0] in (14, 15, 16)
+    # Columns fit their text: per-class columns widen the table by at least their names' length.
+    assert big.shape[1] - small.shape[1] >= 50 * 0.075 * len("backgroundsquaredisc")
+    assert three.shape[1] == small.shape[1]
     assert _count_colour(small, (0xDD, 0xE6, 0xF0), tol=2) > 200  # the header row's shading
     with pytest.raises(InputError, match="one per input"):
         figures.main(["compare", "--results", *map(str, paths), "--names", "x", "--out", str(plain)])
