@@ -152,3 +152,15 @@ def test_mask_evolution_from_run_snapshots(tmp_path):
         figures.main(["mask-evolution", "--run", str(run), "--images", shown[0], "--epochs", "7", "--out", str(out)])
     with pytest.raises(InputError, match="not in dataset"):
         figures.main(["mask-evolution", "--run", str(run), "--images", "nope", "--out", str(out)])
+
+
+def test_curves_tolerate_a_torn_last_log_line(tmp_path):
+    _write_log(tmp_path / "run", 2)
+    with open(tmp_path / "run" / "log.jsonl", "a") as handle:
+        handle.write('{"epoch": 3, "loss": 0.')  # a run killed mid-write
+    out = tmp_path / "c.png"
+    figures.main(["curves", "--run", str(tmp_path / "run"), "--out", str(out), "--dpi", "40"])
+    assert _png(out).shape == (128, 480, 3)
+    (tmp_path / "run" / "log.jsonl").write_text('{"epoch": 1, "loss": 1.0}\nnot json\n{"epoch": 2, "loss": 0.5}\n')
+    with pytest.raises(InputError, match="log.jsonl:2 is not valid JSON"):
+        figures.main(["curves", "--run", str(tmp_path / "run"), "--out", str(out)])
