@@ -24,9 +24,11 @@ DATASET_KINDS = ("voc", "voc07", "coco", "folder", "synthetic")
 @dataclass
 class SourceConfig:
     """One dataset split. ``supervision``: ``auto`` (as the dataset's records say), ``box`` or
-    ``mask`` (forces it for every image). ``proposals``: the proposal store directory used by
-    box-supervised images (the candidates for ``boxsup``; the rectangle / GrabCut store for those
-    baselines). ``limit``: use only the first N images (0 = all)."""
+    ``mask`` (forces it for every image), or ``semi`` (masks for the ids listed in the split-list
+    file ``mask_list``, e.g. VOC's 1,464 train images; boxes for the rest). ``proposals``: the
+    proposal store directory used by box-supervised images (the candidates for ``boxsup``; the
+    rectangle / GrabCut store for those baselines). ``limit``: use only the first N images
+    (0 = all). ``categories``: COCO only, ``voc20`` or ``all80``."""
 
     kind: str = "voc"
     root: str = ""
@@ -34,6 +36,8 @@ class SourceConfig:
     supervision: str = "auto"
     proposals: str = ""
     limit: int = 0
+    mask_list: str = ""
+    categories: str = "voc20"
 
 
 @dataclass
@@ -147,6 +151,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif hint is str:
         if value is None:
             return ""
@@ -267,7 +276,8 @@ def validate(config: Config) -> None:
     for index, source in enumerate(config.data.train + [config.data.val]):
         name = f"data.train.{index}" if index < len(config.data.train) else "data.val"
         checks.append((source.kind in DATASET_KINDS, f"{name}.kind must be one of {', '.join(DATASET_KINDS)}, got {source.kind!r}"))
-        checks.append((source.supervision in ("auto", "box", "mask"), f"{name}.supervision must be auto, box or mask"))
+        checks.append((source.supervision in ("auto", "box", "mask", "semi"), f"{name}.supervision must be auto, box, mask or semi"))
+        checks.append((source.supervision != "semi" or bool(source.mask_list), f"{name}.supervision 'semi' needs {name}.mask_list"))
         checks.append((source.limit >= 0, f"{name}.limit must be 0 (all) or more"))
     for ok, message in checks:
         if not ok:

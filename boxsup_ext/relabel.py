@@ -56,10 +56,10 @@ class _ReferenceOps:
     """:mod:`boxsup_ext.reference` under the compiled module's names."""
 
     @staticmethod
-    def proposal_costs_batched(items: Sequence[tuple]) -> list:
+    def proposal_costs_batched(units, members, logits, boxes, labels) -> list:
         from boxsup_ext import reference
 
-        return [reference.proposal_costs(*item) for item in items]
+        return [reference.proposal_costs(*item) for item in zip(units, members, logits, boxes, labels)]
 
     @staticmethod
     def paint_labels(units, members, chosen, labels, boxes=None):
@@ -181,7 +181,7 @@ def relabel_batch(
                 torch.from_numpy(np.ascontiguousarray(item.labels, dtype=np.int64)).to(device),
             )
         )
-    all_costs = ops.proposal_costs_batched(op_inputs)
+    all_costs = ops.proposal_costs_batched(*(list(column) for column in zip(*op_inputs)))
     results = []
     for item, inputs, costs in zip(batch, op_inputs, all_costs):
         units, members, _, boxes, labels = inputs

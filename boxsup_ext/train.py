@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from boxsup_ext.config import Config, config_to_dict, dump_config, load_config, save_config
+from boxsup_ext.config import Config, SourceConfig, config_to_dict, dump_config, load_config, save_config
 from boxsup_ext.metrics import confusion_matrix, miou_from_confusion
 from boxsup_ext.models import build_model, image_to_tensor, model_meta, predict_logits
 from boxsup_ext.relabel import IGNORE_LABEL, RelabelInput, RelabelSettings, relabel_batch
@@ -108,14 +108,16 @@ def open_sources(config: Config) -> tuple[list[Any], Optional[Any]]:
     """Open the training datasets and the validation dataset (None when ``data.val.root`` is empty)."""
     from boxsup_ext.data import open_dataset
 
+    def open_source(source: SourceConfig) -> Any:
+        extra = {"categories": source.categories} if source.kind == "coco" else {}
+        return open_dataset(source.root, source.split, kind=source.kind, **extra)
+
     train = []
     for i, source in enumerate(config.data.train):
         if not source.root:
             raise InputError(f"data.train.{i}.root is empty; set it to the dataset folder (--set data.train.{i}.root=DIR)")
-        train.append(open_dataset(source.root, source.split, kind=source.kind))
-    val = None
-    if config.data.val.root:
-        val = open_dataset(config.data.val.root, config.data.val.split, kind=config.data.val.kind)
+        train.append(open_source(source))
+    val = open_source(config.data.val) if config.data.val.root else None
     return train, val
 
 
@@ -452,7 +454,7 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
     config_dict = config_to_dict(config)
 
     datasets, val_dataset = open_sources(config)
-    images = list_train_images(datasets, [s.supervision for s in config.data.train], [s.limit for s in config.data.train])
+    images = list_train_images(datasets, config.data.train)
     stores = open_proposal_stores(config, datasets, images)
     class_names = list(datasets[0].class_names)
     num_classes = config.model.num_classes or datasets[0].num_classes

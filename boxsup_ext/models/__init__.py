@@ -115,7 +115,7 @@ def image_to_tensor(image: np.ndarray, mean: Optional[tuple] = None, std: Option
     """RGB uint8 [H, W, 3] -> normalised float32 [3, H, W] (ImageNet mean/std unless given)."""
     mean_t = torch.tensor(mean or IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std or IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
     return (tensor - mean_t) / std_t
 
 

@@ -35,7 +35,7 @@ def _largefov_features() -> nn.Sequential:
         if item == "M":
             pool_count += 1
             stride = 2 if pool_count <= 3 else 1
-            layers.append(nn.MaxPool2d(kernel_size=3, stride=stride, padding=1, ceil_mode=True))
+            layers.append(nn.MaxPool2d(kernel_size=3, stride=stride, padding=1))
             continue
         dilation = 2 if pool_count == 4 else 1  # conv5_x sit after pool4
         layers.append(nn.Conv2d(in_channels, item, kernel_size=3, padding=dilation, dilation=dilation))

@@ -32,27 +32,39 @@ class TrainImage:
     supervision: str
 
 
-def list_train_images(datasets: Sequence[Any], supervisions: Sequence[str], limits: Sequence[int]) -> list[TrainImage]:
+def list_train_images(datasets: Sequence[Any], sources: Sequence[Any]) -> list[TrainImage]:
     """All training images of ``datasets`` (``SegmentationDataset`` s) in order.
 
-    ``supervisions[s]``: ``"auto"`` keeps each record's own supervision, ``"box"``/``"mask"``
-    force it. ``limits[s]`` > 0 keeps only the first that many images. Image ids must be unique
-    over all sources, since labels are stored as ``labels/<image_id>.png``.
+    ``sources[s]`` is the ``SourceConfig`` of dataset s: its ``supervision`` (``auto`` keeps each
+    record's own, ``box``/``mask`` force it, ``semi`` uses masks for the ids in ``mask_list``) and
+    ``limit`` (> 0 keeps only the first that many images). Image ids must be unique over all
+    sources, since labels are stored as ``labels/<image_id>.png``.
     """
+    from boxsup_ext.data.records import read_id_list
+
     images: list[TrainImage] = []
     seen: dict[str, int] = {}
-    for source, (dataset, supervision, limit) in enumerate(zip(datasets, supervisions, limits)):
-        count = len(dataset) if limit <= 0 else min(limit, len(dataset))
+    for number, (dataset, source) in enumerate(zip(datasets, sources)):
+        mask_ids: set[str] = set()
+        if source.supervision == "semi":
+            path = Path(source.mask_list)
+            if not path.is_file():
+                raise InputError(f"data.train.{number}.mask_list: {path} does not exist; give a file of image ids")
+            mask_ids = set(read_id_list(path))
+        count = len(dataset) if source.limit <= 0 else min(source.limit, len(dataset))
         for index in range(count):
             record = dataset[index]
             if record.image_id in seen:
                 raise InputError(
                     f"image id {record.image_id!r} occurs in data.train.{seen[record.image_id]} and "
-                    f"data.train.{source}; training sources must not share images"
+                    f"data.train.{number}; training sources must not share images"
                 )
-            seen[record.image_id] = source
-            kind = record.supervision if supervision == "auto" else supervision
-            images.append(TrainImage(source, index, record.image_id, kind))
+            seen[record.image_id] = number
+            if source.supervision == "semi":
+                kind = "mask" if record.image_id in mask_ids else "box"
+            else:
+                kind = record.supervision if source.supervision == "auto" else source.supervision
+            images.append(TrainImage(number, index, record.image_id, kind))
     if not images:
         raise InputError("the training sources (data.train) hold no images")
     return images

@@ -1,0 +1,159 @@
+"""End-to-end tests of ``python -m boxsup_ext.train`` on a tiny synthetic set (10 images, 48 px)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from boxsup_ext.train import main as train_main
+from boxsup_ext.train_utils.synthetic_setup import prepare_synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+NUM_TRAIN = 10
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return prepare_synthetic(tmp_path_factory.mktemp("synthetic"), NUM_TRAIN, 4, size=48, seed=1,
+                             methods=("selective_search", "rectangles"))
+
+
+def cli_args(setup, run_dir, mode="boxsup", epochs=2, store="selective_search", extra=()):
+    settings = {
+        "train.mode": mode, "train.epochs": epochs, "train.batch_size": 4, "train.lr": 0.01, "train.val_every": 1,
+        "data.train.0.kind": "synthetic", "data.train.0.root": setup.dataset, "data.train.0.supervision": "box",
+        "data.train.0.proposals": setup.stores.get(store, ""), "data.val.kind": "synthetic",
+        "data.val.root": setup.dataset, "data.crop_size": 48, "data.scale_min": 0.8, "data.scale_max": 1.2,
+        "data.workers": 0, "model.name": "tiny_fcn", "model.width": 4, "relabel.snapshot_epochs": "[1]",
+        "run.threads": 1, "run.progress": "false", "run.tensorboard": "false",
+    }
+    args = ["--run-dir", str(run_dir)]
+    for key, value in settings.items():
+        args += ["--set", f"{key}={value}"]
+    return args + list(extra)
+
+
+def read_log(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def label_maps(run_dir):
+    from boxsup_ext.data import load_label_png
+
+    return {p.name: load_label_png(p) for p in sorted((Path(run_dir) / "labels").glob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def boxsup_run(synthetic, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "boxsup"
+    assert train_main(cli_args(synthetic, run_dir)) == 0
+    return run_dir
+
+
+def test_boxsup_run_layout_and_log(boxsup_run):
+    from boxsup_ext.models import load_model_from_checkpoint
+    from PIL import Image
+
+    log = read_log(boxsup_run)
+    assert [e["epoch"] for e in log] == [1, 2]
+    for entry in log:
+        assert {"loss", "lr", "time_s", "relabel_s", "label_stats", "val_miou", "label_miou"} <= set(entry)
+        stats = entry["label_stats"]
+        assert stats["relabeled"] == NUM_TRAIN and stats["relabel_duplicates"] == 0 and stats["relabel_missing"] == 0
+        assert 0 <= entry["label_miou"] <= 1 and 0 <= entry["val_miou"] <= 1 and np.isfinite(entry["loss"])
+    assert log[0]["label_stats"]["changed_fraction"] is None and log[1]["label_stats"]["changed_fraction"] is not None
+    labels = label_maps(boxsup_run)
+    assert len(labels) == NUM_TRAIN
+    some = next(iter(sorted((boxsup_run / "labels").glob("*.png"))))
+    assert Image.open(some).mode == "P"
+    assert any(label.max() > 0 for label in labels.values())
+    assert len(list((boxsup_run / "labels" / "snapshots" / "epoch_001").glob("*.png"))) == NUM_TRAIN
+    checkpoint = torch.load(boxsup_run / "checkpoints" / "latest.pt", weights_only=False)
+    for key in ("model", "model_meta", "config", "epoch", "optimizer", "scheduler", "rng", "label_state"):
+        assert key in checkpoint
+    assert checkpoint["epoch"] == 2 and checkpoint["label_state"]["epoch"] == 2
+    model, meta = load_model_from_checkpoint(boxsup_run / "checkpoints" / "best.pt")
+    assert meta["name"] == "tiny_fcn" and meta["num_classes"] == 6 and meta["class_names"][0] == "background"
+    assert (boxsup_run / "config.yaml").exists() and (boxsup_run / "metrics" / "train_summary.json").exists()
+
+
+def test_resume_after_sigkill_matches_uninterrupted(synthetic, boxsup_run, tmp_path):
+    run_dir = tmp_path / "killed"
+    env = dict(os.environ, BOXSUP_FAULT_AT="2:2", PYTHONPATH=str(REPO))
+    killed = subprocess.run([sys.executable, "-m", "boxsup_ext.train"] + cli_args(synthetic, run_dir),
+                            cwd=REPO, env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert [e["epoch"] for e in read_log(run_dir)] == [1]
+    assert train_main(cli_args(synthetic, run_dir, extra=["--resume"])) == 0
+    assert [e["epoch"] for e in read_log(run_dir)] == [1, 2]
+    expected, got = label_maps(boxsup_run), label_maps(run_dir)
+    assert expected.keys() == got.keys() and all(np.array_equal(expected[k], got[k]) for k in expected)
+    a = torch.load(boxsup_run / "checkpoints" / "latest.pt", weights_only=False)["model"]
+    b = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_process_gloo_relabels_each_image_once(synthetic, tmp_path):
+    run_dir = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "boxsup_ext.train"] + cli_args(synthetic, run_dir)
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = read_log(run_dir)
+    assert [e["epoch"] for e in log] == [1, 2]
+    for entry in log:
+        stats = entry["label_stats"]
+        assert stats["relabel_per_rank"] == [NUM_TRAIN // 2, NUM_TRAIN // 2]
+        assert stats["relabeled"] == NUM_TRAIN and stats["relabel_duplicates"] == 0 and stats["relabel_missing"] == 0
+        digests = entry["rank_weight_digests"]
+        assert len(digests) == 2 and digests[0] == digests[1] and entry["weights_in_sync"]
+    assert len(label_maps(run_dir)) == NUM_TRAIN
+
+
+def test_fixed_baseline_and_mask_modes(synthetic, tmp_path):
+    run_dir = tmp_path / "rect"
+    assert train_main(cli_args(synthetic, run_dir, mode="rectangles", store="rectangles")) == 0
+    log = read_log(run_dir)
+    assert log[0]["label_stats"]["relabeled"] == NUM_TRAIN and log[1]["label_stats"]["relabeled"] == 0
+    assert log[0]["label_stats"]["mean_iou"] == pytest.approx(1.0)  # each rectangle is its box
+    mask_dir = tmp_path / "mask"
+    assert train_main(cli_args(synthetic, mask_dir, mode="mask", epochs=1)) == 0
+    assert read_log(mask_dir)[0]["label_stats"]["masks_written"] == NUM_TRAIN
+    from boxsup_ext.data import open_dataset
+
+    train = open_dataset(synthetic.dataset, "train", kind="synthetic")
+    gt = train.load_class_map(0)
+    assert np.array_equal(label_maps(mask_dir)[f"{train[0].image_id}.png"], gt)
+
+
+def test_user_errors_are_one_line(synthetic, boxsup_run, tmp_path, capsys):
+    from boxsup_ext.data import open_dataset
+    from boxsup_ext.proposals import generate_proposals
+    from boxsup_ext.utils import run_cli
+
+    def error_of(args):
+        capsys.readouterr()
+        assert run_cli(train_main, args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err
+        return err
+
+    assert "unknown config key 'train.epoch'" in error_of(cli_args(synthetic, tmp_path / "a", extra=["--set", "train.epoch=3"]))
+    missing = cli_args(synthetic, tmp_path / "b", extra=["--set", f"data.train.0.proposals={tmp_path / 'none'}"])
+    assert "proposal store" in error_of(missing) and "does not exist" in error_of(missing)
+    val = open_dataset(synthetic.dataset, "val", kind="synthetic")
+    other = generate_proposals(val, "rectangles", tmp_path / "val_store", progress=False)
+    wrong = cli_args(synthetic, tmp_path / "c", extra=["--set", f"data.train.0.proposals={tmp_path / 'val_store'}"])
+    assert str(tmp_path / "val_store") in error_of(wrong) or "other" in error_of(wrong)
+    assert other is not None
+    assert "holds another run's state" in error_of(cli_args(synthetic, boxsup_run))
+    changed = cli_args(synthetic, boxsup_run, extra=["--resume", "--set", "train.lr=0.5"])
+    assert "another config" in error_of(changed) and "train.lr" in error_of(changed)
