@@ -284,7 +284,7 @@ def selective_search(
     strategies=("ctsf", "tsf"),
     sigma: float = 0.8,
     min_size: int | None = None,
-    min_unit_size: int = 16,
+    min_unit_size: int | None = None,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Selective Search candidates of one image.
@@ -295,8 +295,9 @@ def selective_search(
     strategies: similarity sets, each a string of c(olour) t(exture) s(ize) f(ill).
     sigma: smoothing before segmentation, pixels. min_size: smallest base region in pixels
     (default: k). min_unit_size: units (cells of the common refinement) under this many pixels
-    join a neighbour (0 keeps the exact refinement; see ``common_refinement``). seed: seed of
-    the random factor of the ranking.
+    join a neighbour (0 keeps the exact refinement; see ``common_refinement``); default 16 at
+    375 x 500, scaled with the image area, at least 2. seed: seed of the random factor of the
+    ranking.
 
     Returns units int32 [H, W], members int64 [N, ceil(U / 64)] and scores float32 [N] in (0, 1]
     (1 for the best-ranked candidate, falling linearly with rank).
@@ -321,6 +322,8 @@ def selective_search(
         for k in ks:
             settings.append((space, k))
             segmentations.append(segment_graph(graph, k=k, min_size=int(k if min_size is None else min_size)))
+    if min_unit_size is None:
+        min_unit_size = max(2, round(16 * h * w / (375 * 500)))
     units, region_of_unit = common_refinement(segmentations, int(min_unit_size))
     num_units = region_of_unit.shape[1]
     flat_units = units.reshape(-1).astype(np.int64)
