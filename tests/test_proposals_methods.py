@@ -225,3 +225,37 @@ def test_registry_plugins_and_errors():
 
     with pytest.raises(ValueError, match="units must be an integer map of shape"):
         get_method("test_broken").run(np.zeros((4, 6, 3), np.uint8), [], "x")
+
+
+# --- units of selective search -----------------------------------------------------------------
+
+def test_common_refinement_is_exact_without_sliver_folding():
+    from boxsup_ext.proposals.selective_search import common_refinement
+
+    rng = np.random.default_rng(5)
+    segs = [rng.integers(0, 4, size=(9, 11)).astype(np.int32), (np.arange(99).reshape(9, 11) % 3).astype(np.int32)]
+    units, region_of_unit = common_refinement(segs, min_unit_size=0)
+    pairs = np.stack([segs[0].ravel(), segs[1].ravel()], 1)
+    assert bits.unit_count(units) == np.unique(pairs, axis=0).shape[0]
+    for seg, unit_region in zip(segs, region_of_unit):
+        # Every unit lies in one region, and regions map back exactly (up to renumbering).
+        remapped = unit_region[units]
+        for region in np.unique(seg):
+            assert len(np.unique(remapped[seg == region])) == 1
+        assert len(np.unique(remapped)) == len(np.unique(seg))
+
+
+def test_sliver_folding_bounds_unit_size_and_keeps_a_partition():
+    from boxsup_ext.proposals.selective_search import common_refinement
+
+    a = np.zeros((30, 40), np.int32)
+    a[:, 20:] = 1
+    b = np.zeros((30, 40), np.int32)
+    b[:, 21:] = 1  # one column apart: a 30-pixel sliver
+    b[10:12, 5:7] = 2  # a 4-pixel speck
+    exact, _ = common_refinement([a, b], min_unit_size=0)
+    assert bits.unit_count(exact) == 4
+    units, region_of_unit = common_refinement([a, b], min_unit_size=31)
+    assert bits.unit_count(units) == 2
+    assert np.bincount(units.ravel()).min() >= 31
+    assert region_of_unit.shape == (2, 2) and region_of_unit.max() <= 1
