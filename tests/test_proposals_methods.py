@@ -259,3 +259,16 @@ def test_sliver_folding_bounds_unit_size_and_keeps_a_partition():
     assert bits.unit_count(units) == 2
     assert np.bincount(units.ravel()).min() >= 31
     assert region_of_unit.shape == (2, 2) and region_of_unit.max() <= 1
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 7, 3), (5, 1, 3), (20, 20, 3)])
+def test_flat_and_tiny_images_give_the_whole_image(shape):
+    units, members, scores = get_method("selective_search")(np.full(shape, 9, np.uint8), None)
+    assert members.shape[0] == 1 and scores.tolist() == [1.0]
+    assert bits.unpack_masks(units, members)[0].all()
+
+
+@pytest.mark.parametrize("name", ["rectangles", "grabcut"])
+def test_box_methods_without_boxes_give_no_candidates(name):
+    units, members, scores = get_method(name).run(np.zeros((10, 12, 3), np.uint8), np.zeros((0, 4)), "x")
+    assert units.shape == (10, 12) and members.shape == (0, 1) and scores.shape == (0,)
