@@ -204,17 +204,15 @@ def group_hierarchy(
     boxes[:num_base] = box
     use_colour, use_texture = "c" in strategy, "t" in strategy
     use_size, use_fill = "s" in strategy, "f" in strategy
-    colour_hist = np.zeros((capacity, colour.shape[1]))
-    texture_hist = np.zeros((capacity, texture.shape[1]))
-    colour_hist[:num_base] = colour / np.maximum(colour.sum(1, keepdims=True), 1e-12)
-    texture_hist[:num_base] = texture / np.maximum(texture.sum(1, keepdims=True), 1e-12)
+    # The colour and texture similarities are histogram intersections of L1-normalised
+    # histograms; side by side in one matrix, one intersection gives their sum.
+    parts = [h / np.maximum(h.sum(1, keepdims=True), 1e-12) for h, used in ((colour, use_colour), (texture, use_texture)) if used]
+    hist = np.zeros((capacity, sum(p.shape[1] for p in parts)))
+    if parts:
+        hist[:num_base] = np.concatenate(parts, axis=1)
 
     def similarity(i: int, others: np.ndarray) -> np.ndarray:
-        value = np.zeros(others.size)
-        if use_colour:
-            value += np.minimum(colour_hist[i], colour_hist[others]).sum(1)
-        if use_texture:
-            value += np.minimum(texture_hist[i], texture_hist[others]).sum(1)
+        value = np.minimum(hist[i], hist[others]).sum(1) if parts else np.zeros(others.size)
         if use_size:
             value += 1.0 - (sizes[i] + sizes[others]) / image_area
         if use_fill:
@@ -250,8 +248,8 @@ def group_hierarchy(
         sizes[new] = total
         boxes[new, :2] = np.minimum(boxes[i, :2], boxes[j, :2])
         boxes[new, 2:] = np.maximum(boxes[i, 2:], boxes[j, 2:])
-        colour_hist[new] = (colour_hist[i] * sizes[i] + colour_hist[j] * sizes[j]) / total
-        texture_hist[new] = (texture_hist[i] * sizes[i] + texture_hist[j] * sizes[j]) / total
+        if parts:
+            hist[new] = (hist[i] * sizes[i] + hist[j] * sizes[j]) / total
         around = (neighbours[i] | neighbours[j]) - {i, j}
         for other in around:
             neighbours[other].discard(i)
