@@ -115,3 +115,16 @@ def test_box_iou_values():
     a = np.array([[0, 0, 10, 10], [0, 0, 0, 5]], float)
     b = np.array([[5, 0, 15, 10], [0, 0, 10, 10], [20, 20, 30, 30]], float)
     np.testing.assert_allclose(box_iou(a, b), [[50 / 150, 1.0, 0.0], [0.0, 0.0, 0.0]])
+
+
+def test_proposal_benchmark_runs_small(tmp_path, capsys):
+    import runpy
+    from pathlib import Path
+
+    bench = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "proposal_bench.py"), run_name="bench")
+    out = tmp_path / "bench.json"
+    assert bench["main"](["--images", "1", "--height", "48", "--width", "64", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert figures["image_size"] == [48, 64] and figures["images"] == 1
+    assert figures["candidates_per_image"] >= 1 and figures["store_bytes_per_image"] > 0
+    assert "s/image wall" in capsys.readouterr().out
