@@ -44,10 +44,34 @@ def want_cuda() -> bool:
     return CUDA_HOME is not None and torch.version.cuda is not None and (forced or torch.cuda.is_available())
 
 
+def cuda_library_includes() -> list:
+    """Header folders of the CUDA math libraries (cuSPARSE, cuBLAS, cuSOLVER) ATen includes.
+
+    A minimal toolkit may lack them; CUDA builds of torch from PyPI bring them in the nvidia-*
+    wheels beside torch (site-packages/nvidia/*/include), which then serve instead.
+    """
+    needed = ("cusparse.h", "cublas_v2.h", "cusolverDn.h")
+    missing = [h for h in needed if not os.path.exists(os.path.join(CUDA_HOME, "include", h))]
+    if not missing:
+        return []
+    nvidia_root = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
+    found = [
+        folder
+        for folder in sorted(glob.glob(os.path.join(nvidia_root, "*", "include")))
+        if any(os.path.exists(os.path.join(folder, h)) for h in missing)
+    ]
+    if not found:
+        fail(f"the CUDA toolkit at {CUDA_HOME} lacks {', '.join(missing)}; install the CUDA math libraries' headers")
+    return found
+
+
 def extensions():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     define_macros = [("BOXSUP_VERSION", f'"{VERSION}"')]
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # -fno-trapping-math lets GCC if-convert and vectorise the branch-free exp/log loops; the kernels
+    # never rely on floating-point exceptions.
+    # The C++ standard is left to torch.utils.cpp_extension (C++17 or C++20, as the torch build needs).
+    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math"]
     extra_link_args = ["-fopenmp"]
     if sys.platform == "darwin":  # Apple clang has no -fopenmp; ATen then uses its native pool.
         cxx_flags.remove("-fopenmp")
@@ -60,7 +84,8 @@ def extensions():
                 "boxsup_ext._C",
                 sources,
                 define_macros=define_macros,
-                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+                include_dirs=cuda_library_includes(),
                 extra_link_args=extra_link_args,
             )
         ]

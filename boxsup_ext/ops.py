@@ -95,6 +95,8 @@ def proposal_costs_batched(
     On a GPU all images go through one launch per stage; on the CPU images run in parallel.
     Returns one :class:`ProposalCosts` per image, equal to the per-image op's results.
     """
+    if len(units) == 0 and len(members) == len(logits) == len(boxes) == len(labels) == 0:
+        return []
     outs = torch.ops.boxsup.proposal_costs_batched(list(units), list(members), list(logits), list(boxes), list(labels))
     return [ProposalCosts(*fields) for fields in zip(*outs)]
 
@@ -107,7 +109,10 @@ def pack_masks(masks: torch.Tensor) -> torch.Tensor:
     """
     if masks.dim() < 1:
         raise ValueError(f"masks must have shape [N, ...], got {tuple(masks.shape)}")
-    return torch.ops.boxsup.pack_masks(masks.reshape(masks.shape[0], -1))
+    length = 1
+    for size in masks.shape[1:]:
+        length *= int(size)
+    return torch.ops.boxsup.pack_masks(masks.reshape(masks.shape[0], length))
 
 
 def unpack_masks(words: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

@@ -55,7 +55,10 @@ def unpack_bits(words: torch.Tensor, length: int) -> torch.Tensor:
 
 def pack_masks(masks: torch.Tensor) -> torch.Tensor:
     """bool [N, *S] to int64 bit words [N, ceil(prod(S) / 64)], pixels in row-major order."""
-    return pack_bits(masks.reshape(masks.shape[0], -1))
+    length = 1
+    for size in masks.shape[1:]:
+        length *= int(size)
+    return pack_bits(masks.reshape(masks.shape[0], length))
 
 
 def unpack_masks(words: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

@@ -140,6 +140,24 @@ PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& memb
   return in;
 }
 
+void check_batch_lists(size_t units, size_t members, size_t logits, size_t boxes, size_t labels) {
+  TORCH_CHECK(members == units && logits == units && boxes == units && labels == units,
+              "proposal_costs_batched needs one units, members, logits, boxes and labels tensor per image; got ",
+              units, ", ", members, ", ", logits, ", ", boxes, ", ", labels);
+}
+
+void check_pack_masks_input(const at::Tensor& masks) {
+  TORCH_CHECK(masks.dim() == 2, "masks must have shape [N, L] (flatten the pixel dims), got ", masks.sizes());
+  TORCH_CHECK(masks.scalar_type() == at::kBool, "masks must be bool, got ", masks.scalar_type());
+}
+
+void check_unpack_masks_input(const at::Tensor& words, int64_t length) {
+  TORCH_CHECK(words.dim() == 2 && words.scalar_type() == at::kLong,
+              "words must be int64 bit words of shape [N, W64], got ", words.scalar_type(), " ", words.sizes());
+  TORCH_CHECK(length >= 0 && length <= words.size(1) * 64, "length must be in [0, 64 * words.size(1)] = [0, ",
+              words.size(1) * 64, "], got ", length);
+}
+
 }  // namespace boxsup
 
 TORCH_LIBRARY(boxsup, m) {

@@ -36,4 +36,9 @@ struct PaintInputs {
 PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& members, const at::Tensor& chosen,
                                  const at::Tensor& labels, const c10::optional<at::Tensor>& boxes);
 
+// Checks of the other ops' arguments, shared by both backends.
+void check_batch_lists(size_t units, size_t members, size_t logits, size_t boxes, size_t labels);
+void check_pack_masks_input(const at::Tensor& masks);
+void check_unpack_masks_input(const at::Tensor& words, int64_t length);
+
 }  // namespace boxsup

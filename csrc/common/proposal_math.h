@@ -52,42 +52,73 @@ HOST_DEVICE_INLINE int32_t float_to_bits(float value) {
 #endif
 }
 
-// exp(x) for x <= 0 (softmax numerators after subtracting the maximum), branch-free so compilers
-// vectorise it without -ffast-math: Cephes expf range reduction and polynomial, relative error
-// about 2e-7. Inputs below -87 flush to exp(-87) ~ 1.6e-38, which cannot change a sum that holds 1.
-HOST_DEVICE_INLINE float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
+// Lane helpers, so the exp/log below are written once for a scalar float (CPU and CUDA) and for
+// the CPU's SIMD vectors (GCC/Clang vector extensions, 8 floats: one AVX2 register, two SSE ones).
+HOST_DEVICE_INLINE float select_less(float a, float b, float if_less, float otherwise) {
+  return a < b ? if_less : otherwise;
+}
+HOST_DEVICE_INLINE int32_t truncate_to_int(float v) { return static_cast<int32_t>(v); }
+HOST_DEVICE_INLINE float int_to_float(int32_t v) { return static_cast<float>(v); }
+HOST_DEVICE_INLINE float reinterpret_as_float(int32_t bits) { return bits_to_float(bits); }
+HOST_DEVICE_INLINE int32_t reinterpret_as_int(float value) { return float_to_bits(value); }
+
+#if !defined(__CUDACC__) && !defined(__HIPCC__) && (defined(__GNUC__) || defined(__clang__))
+#define BOXSUP_HAVE_VECTOR_FLOAT 1
+typedef float vfloat8 __attribute__((vector_size(32)));
+typedef int32_t vint8 __attribute__((vector_size(32)));
+inline vfloat8 splat8(float v) { return vfloat8{v, v, v, v, v, v, v, v}; }
+inline vfloat8 select_less(vfloat8 a, vfloat8 b, vfloat8 if_less, vfloat8 otherwise) {
+  return a < b ? if_less : otherwise;
+}
+inline vfloat8 select_less(vfloat8 a, float b, vfloat8 if_less, vfloat8 otherwise) {
+  return select_less(a, splat8(b), if_less, otherwise);
+}
+inline vfloat8 select_less(vfloat8 a, vfloat8 b, float if_less, vfloat8 otherwise) {
+  return select_less(a, b, splat8(if_less), otherwise);
+}
+inline vfloat8 select_less(vfloat8 a, float b, float if_less, vfloat8 otherwise) {
+  return select_less(a, splat8(b), splat8(if_less), otherwise);
+}
+inline vint8 truncate_to_int(vfloat8 v) { return __builtin_convertvector(v, vint8); }
+inline vfloat8 int_to_float(vint8 v) { return __builtin_convertvector(v, vfloat8); }
+inline vfloat8 reinterpret_as_float(vint8 bits) { return (vfloat8)bits; }  // bit cast
+inline vint8 reinterpret_as_int(vfloat8 value) { return (vint8)value; }  // bit cast
+#endif
+
+// exp(x) for x <= 0 (softmax numerators after subtracting the maximum), branch-free: Cephes expf
+// range reduction and polynomial, relative error about 2e-7. Inputs below -87 flush to
+// exp(-87) ~ 1.6e-38, which cannot change a sum that holds exp(0) = 1.
+template <typename F>
+HOST_DEVICE_INLINE F exp_nonpositive(F x) {
+  x = select_less(x, -87.0f, -87.0f, x);
   // Round x * log2(e) to the nearest integer with the 1.5 * 2^23 trick (exact in float32).
   const float shifter = 12582912.0f;
-  float n = x * 1.44269504088896341f + shifter;
+  F n = x * 1.44269504088896341f + shifter;
   n = n - shifter;
-  float r = x - n * 0.693359375f;
+  F r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
+  F p = r * 1.9875691500e-4f + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t exponent = static_cast<int32_t>(n) + 127;
-  return y * bits_to_float(exponent << 23);
+  const F y = p * r * r + r + 1.0f;
+  return y * reinterpret_as_float((truncate_to_int(n) + 127) << 23);
 }
 
 // log(x) for a finite x >= 1 (a softmax denominator that includes exp(0) = 1): Cephes logf,
 // relative error about 1e-7, branch-free.
-HOST_DEVICE_INLINE float log_at_least_one(float x) {
-  const int32_t bits = float_to_bits(x);
-  float e = static_cast<float>((bits >> 23) - 127);
-  float m = bits_to_float((bits & 0x007fffff) | 0x3f800000);  // mantissa in [1, 2)
+template <typename F>
+HOST_DEVICE_INLINE F log_at_least_one(F x) {
+  const auto bits = reinterpret_as_int(x);
+  F e = int_to_float((bits >> 23) - 127);
+  F m = reinterpret_as_float((bits & 0x007fffff) | 0x3f800000);  // mantissa in [1, 2)
   // Move m into [sqrt(1/2), sqrt(2)) so the polynomial argument stays small.
-  const bool big = m > 1.41421356f;
-  m = big ? m * 0.5f : m;
-  e = big ? e + 1.0f : e;
-  const float t = m - 1.0f;
-  const float z = t * t;
-  float p = 7.0376836292e-2f;
-  p = p * t - 1.1514610310e-1f;
+  e = select_less(m, 1.41421356f, e, e + 1.0f);
+  m = select_less(m, 1.41421356f, m, m * 0.5f);
+  const F t = m - 1.0f;
+  const F z = t * t;
+  F p = t * 7.0376836292e-2f - 1.1514610310e-1f;
   p = p * t + 1.1676998740e-1f;
   p = p * t - 1.2420140846e-1f;
   p = p * t + 1.4249322787e-1f;
@@ -95,8 +126,8 @@ HOST_DEVICE_INLINE float log_at_least_one(float x) {
   p = p * t + 2.0000714765e-1f;
   p = p * t - 2.4999993993e-1f;
   p = p * t + 3.3333331174e-1f;
-  float y = p * t * z;
-  y = y - 0.5f * z;
+  F y = p * t * z;
+  y = y - z * 0.5f;
   return e * 0.693147180559945f + (t + y);
 }
 

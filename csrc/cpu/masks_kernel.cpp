@@ -15,8 +15,7 @@ namespace boxsup {
 namespace {
 
 at::Tensor pack_masks_cpu(const at::Tensor& masks) {
-  TORCH_CHECK(masks.dim() == 2, "masks must have shape [N, L] (flatten the pixel dims), got ", masks.sizes());
-  TORCH_CHECK(masks.scalar_type() == at::kBool, "masks must be bool, got ", masks.scalar_type());
+  check_pack_masks_input(masks);
   const at::Tensor in = masks.contiguous();
   const int64_t N = in.size(0), L = in.size(1), W64 = (L + 63) / 64;
   at::Tensor out = at::zeros({N, W64}, in.options().dtype(at::kLong));
@@ -36,10 +35,7 @@ at::Tensor pack_masks_cpu(const at::Tensor& masks) {
 }
 
 at::Tensor unpack_masks_cpu(const at::Tensor& words, int64_t length) {
-  TORCH_CHECK(words.dim() == 2 && words.scalar_type() == at::kLong,
-              "words must be int64 bit words of shape [N, W64], got ", words.scalar_type(), " ", words.sizes());
-  TORCH_CHECK(length >= 0 && length <= words.size(1) * 64, "length must be in [0, 64 * words.size(1)] = [0, ",
-              words.size(1) * 64, "], got ", length);
+  check_unpack_masks_input(words, length);
   const at::Tensor in = words.contiguous();
   const int64_t N = in.size(0), W64 = in.size(1);
   at::Tensor out = at::empty({N, length}, in.options().dtype(at::kBool));

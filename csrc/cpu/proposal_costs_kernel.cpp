@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../common/checks.h"
@@ -29,30 +30,50 @@ namespace {
 
 constexpr int64_t kBlock = 256;  // pixels per vectorised block
 
+#ifdef BOXSUP_HAVE_VECTOR_FLOAT
+inline math::vfloat8 load8(const float* p) {
+  math::vfloat8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void store8(float* p, math::vfloat8 v) { std::memcpy(p, &v, sizeof(v)); }
+#endif
+
 // lse[i] = log(sum_c exp(x_c[i])) for `count` pixels whose class scores start at channel[c].
-// bad[i] becomes NaN when a score is NaN or +-inf (x * 0 is 0 only for finite x).
+// bad[i] becomes NaN when a score is NaN or +-inf (x * 0 is 0 only for finite x). Eight pixels at a
+// time keep all their running maxima and sums in registers across the classes.
 BOXSUP_TARGET_CLONES
 void row_logsumexp(const float* const* channel, int64_t num_classes, int64_t count, float* __restrict lse,
-                   float* __restrict sum, float* __restrict bad) {
-  const float* first = channel[0];
-  for (int64_t i = 0; i < count; ++i) {
-    lse[i] = first[i];
-    bad[i] = first[i] * 0.0f;
-  }
-  for (int64_t c = 1; c < num_classes; ++c) {
-    const float* __restrict x = channel[c];
-    for (int64_t i = 0; i < count; ++i) {
-      const float v = x[i];
-      lse[i] = v > lse[i] ? v : lse[i];
-      bad[i] += v * 0.0f;
+                   float* __restrict bad) {
+  int64_t i = 0;
+#ifdef BOXSUP_HAVE_VECTOR_FLOAT
+  for (; i + 8 <= count; i += 8) {
+    math::vfloat8 top = load8(channel[0] + i);
+    math::vfloat8 check = top * 0.0f;
+    for (int64_t c = 1; c < num_classes; ++c) {
+      const math::vfloat8 v = load8(channel[c] + i);
+      top = v > top ? v : top;
+      check += v * 0.0f;
     }
+    math::vfloat8 sum = math::splat8(0.0f);
+    for (int64_t c = 0; c < num_classes; ++c) sum += math::exp_nonpositive(load8(channel[c] + i) - top);
+    store8(lse + i, top + math::log_at_least_one(sum));
+    store8(bad + i, check);
   }
-  for (int64_t i = 0; i < count; ++i) sum[i] = 0.0f;
-  for (int64_t c = 0; c < num_classes; ++c) {
-    const float* __restrict x = channel[c];
-    for (int64_t i = 0; i < count; ++i) sum[i] += math::exp_nonpositive(x[i] - lse[i]);
+#endif
+  for (; i < count; ++i) {
+    float top = channel[0][i];
+    float check = top * 0.0f;
+    for (int64_t c = 1; c < num_classes; ++c) {
+      const float v = channel[c][i];
+      top = v > top ? v : top;
+      check += v * 0.0f;
+    }
+    float sum = 0.0f;
+    for (int64_t c = 0; c < num_classes; ++c) sum += math::exp_nonpositive(channel[c][i] - top);
+    lse[i] = top + math::log_at_least_one(sum);
+    bad[i] = check;
   }
-  for (int64_t i = 0; i < count; ++i) lse[i] += math::log_at_least_one(sum[i]);
 }
 
 struct UnitStats {
@@ -90,7 +111,7 @@ void accumulate_rows(const ImageInputs& in, int64_t num_units, int64_t row_begin
     math::pixel_range(box[0], box[2], W, &col_begin[m], &col_end[m]);
     math::pixel_range(box[1], box[3], H, &row_lo[m], &row_hi[m]);
   }
-  std::vector<float> lse(kBlock), sum(kBlock), bad(kBlock);
+  std::vector<float> lse(kBlock), bad(kBlock);
   std::vector<float> converted(std::is_same<logit_t, float>::value ? 0 : C * kBlock);
   std::vector<const float*> channel(C);
   std::vector<const float*> label_row(J);
@@ -112,7 +133,7 @@ void accumulate_rows(const ImageInputs& in, int64_t num_units, int64_t row_begin
             channel[c] = dst;
           }
         }
-        row_logsumexp(channel.data(), C, count, lse.data(), sum.data(), bad.data());
+        row_logsumexp(channel.data(), C, count, lse.data(), bad.data());
         float bad_sum = 0.0f;
         for (int64_t i = 0; i < count; ++i) bad_sum += bad[i];
         if (!(bad_sum == 0.0f)) bad_logit = true;
@@ -246,9 +267,7 @@ using TensorList5 = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>,
 TensorList5 proposal_costs_batched_cpu(at::TensorList units, at::TensorList members, at::TensorList logits,
                                        at::TensorList boxes, at::TensorList labels) {
   const size_t B = units.size();
-  TORCH_CHECK(members.size() == B && logits.size() == B && boxes.size() == B && labels.size() == B,
-              "proposal_costs_batched needs one units, members, logits, boxes and labels tensor per image; got ",
-              units.size(), ", ", members.size(), ", ", logits.size(), ", ", boxes.size(), ", ", labels.size());
+  check_batch_lists(B, members.size(), logits.size(), boxes.size(), labels.size());
   std::vector<ImageInputs> inputs;
   inputs.reserve(B);
   for (size_t b = 0; b < B; ++b) {

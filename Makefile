@@ -1,0 +1,57 @@
+# Two commands on a fresh machine (Python 3.10+, a C++ compiler, the package registries):
+#   make demo   set up .venv (torch, the package and its kernels) and run the main job
+#   make test   the same set-up, then the test suite
+# Both are idempotent: the set-up reruns only when the build inputs change.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+DEMO_OUT ?= runs/demo
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.boxsup-installed
+BUILD_INPUTS := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+
+CUDA_VENV ?= .venv-cuda
+CUDA_TORCH_SPEC ?= torch==2.14.1
+CUDA_HOME ?= /usr/local/cuda
+TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
+
+.PHONY: setup demo test bench cuda-check clean
+
+setup: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) $(BUILD_INPUTS)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install setuptools wheel ninja pybind11
+	$(PIP) install --no-build-isolation -e ".[test]"
+	@touch $(STAMP)
+
+demo: setup
+	$(PY) -m boxsup_ext.demo --out $(DEMO_OUT)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) benchmarks/assign_bench.py --json $(DEMO_OUT)/../assign_bench.json
+
+# CUDA compile check (CI, where nvcc exists): build the CUDA kernels against a CUDA build of torch
+# in a second environment, from a copy of the tree so the CPU build in place is left alone.
+cuda-check:
+	@test -x $(CUDA_VENV)/bin/python || $(PYTHON) -m venv $(CUDA_VENV)
+	@$(CUDA_VENV)/bin/python -c "import torch" 2>/dev/null || $(CUDA_VENV)/bin/pip install "$(CUDA_TORCH_SPEC)"
+	$(CUDA_VENV)/bin/pip install setuptools wheel ninja pybind11 numpy
+	rm -rf build/cuda-check-src && mkdir -p build/cuda-check-src
+	tar --exclude=./.venv --exclude=./$(CUDA_VENV) --exclude=./build --exclude=./runs --exclude=./.git \
+		--exclude='*.so' -cf - . | tar -xf - -C build/cuda-check-src
+	cd build/cuda-check-src && FORCE_CUDA=1 CUDA_HOME=$(CUDA_HOME) TORCH_CUDA_ARCH_LIST="$(TORCH_CUDA_ARCH_LIST)" \
+		../../$(CUDA_VENV)/bin/pip install --no-build-isolation --no-deps --force-reinstall .
+	cd build && ../$(CUDA_VENV)/bin/python -c "import boxsup_ext._C as C, sys; \
+		print('CUDA kernels compiled in:', C.cuda_compiled()); sys.exit(0 if C.cuda_compiled() else 1)"
+
+clean:
+	rm -rf build *.egg-info boxsup_ext/_C*.so
