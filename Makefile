@@ -27,6 +27,8 @@ $(PY):
 $(STAMP): $(PY) $(BUILD_INPUTS)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
 	$(PIP) install setuptools wheel ninja pybind11
+	@# pydensecrf2 ships as source and needs its own isolated build (Cython); everything else is a wheel.
+	$(PIP) install "pydensecrf2>=1.0"
 	$(PIP) install --no-build-isolation -e ".[test]"
 	@touch $(STAMP)
 
@@ -50,8 +52,11 @@ cuda-check:
 		--exclude='*.so' -cf - . | tar -xf - -C build/cuda-check-src
 	cd build/cuda-check-src && FORCE_CUDA=1 CUDA_HOME=$(CUDA_HOME) TORCH_CUDA_ARCH_LIST="$(TORCH_CUDA_ARCH_LIST)" \
 		../../$(CUDA_VENV)/bin/pip install --no-build-isolation --no-deps --force-reinstall .
-	cd build && ../$(CUDA_VENV)/bin/python -c "import boxsup_ext._C as C, sys; \
-		print('CUDA kernels compiled in:', C.cuda_compiled()); sys.exit(0 if C.cuda_compiled() else 1)"
+	cd build && ../$(CUDA_VENV)/bin/python -c "import sys, torch; from boxsup_ext import ops; \
+		info = ops.build_info(); print('boxsup_ext build:', info); \
+		has = [torch._C._dispatch_has_kernel_for_dispatch_key('boxsup::' + op, 'CUDA') for op in \
+		       ('proposal_costs', 'proposal_costs_batched', 'pack_masks', 'unpack_masks', 'paint_labels')]; \
+		print('CUDA kernels registered:', has); sys.exit(0 if info['cuda_compiled'] and all(has) else 1)"
 
 clean:
 	rm -rf build *.egg-info boxsup_ext/_C*.so

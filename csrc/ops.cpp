@@ -140,10 +140,21 @@ PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& memb
   return in;
 }
 
-void check_batch_lists(size_t units, size_t members, size_t logits, size_t boxes, size_t labels) {
-  TORCH_CHECK(members == units && logits == units && boxes == units && labels == units,
+std::vector<ImageInputs> prepare_batch_inputs(at::TensorList units, at::TensorList members, at::TensorList logits,
+                                              at::TensorList boxes, at::TensorList labels) {
+  const size_t count = units.size();
+  TORCH_CHECK(members.size() == count && logits.size() == count && boxes.size() == count && labels.size() == count,
               "proposal_costs_batched needs one units, members, logits, boxes and labels tensor per image; got ",
-              units, ", ", members, ", ", logits, ", ", boxes, ", ", labels);
+              units.size(), ", ", members.size(), ", ", logits.size(), ", ", boxes.size(), ", ", labels.size());
+  std::vector<ImageInputs> inputs;
+  inputs.reserve(count);
+  for (size_t b = 0; b < count; ++b) {
+    inputs.push_back(prepare_image_inputs(units[b], members[b], logits[b], boxes[b], labels[b],
+                                          " (image " + std::to_string(b) + ")"));
+    TORCH_CHECK(units[b].device() == units[0].device(), "all images of a batch must be on one device; image ", b,
+                " is on ", units[b].device(), ", image 0 on ", units[0].device());
+  }
+  return inputs;
 }
 
 void check_pack_masks_input(const at::Tensor& masks) {

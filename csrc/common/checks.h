@@ -26,6 +26,15 @@ struct ImageInputs {
 ImageInputs prepare_image_inputs(const at::Tensor& units, const at::Tensor& members, const at::Tensor& logits,
                                  const at::Tensor& boxes, const at::Tensor& labels, const std::string& where);
 
+// Checks the lists of proposal_costs_batched (one tensor of each kind per image, all images on one
+// device) and prepares every image.
+std::vector<ImageInputs> prepare_batch_inputs(at::TensorList units, at::TensorList members, at::TensorList logits,
+                                              at::TensorList boxes, at::TensorList labels);
+
+// The five per-image output lists of proposal_costs_batched.
+using CostLists = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
+                             std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
 // Checks the arguments of paint_labels; returns chosen and labels on the host as int64.
 struct PaintInputs {
   at::Tensor units, members;
@@ -37,7 +46,6 @@ PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& memb
                                  const at::Tensor& labels, const c10::optional<at::Tensor>& boxes);
 
 // Checks of the other ops' arguments, shared by both backends.
-void check_batch_lists(size_t units, size_t members, size_t logits, size_t boxes, size_t labels);
 void check_pack_masks_input(const at::Tensor& masks);
 void check_unpack_masks_input(const at::Tensor& words, int64_t length);
 

@@ -261,25 +261,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> proposal_
   return {out.area, out.bbox, out.iou_box, out.iou_mask, out.mean_ce};
 }
 
-using TensorList5 = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
-                               std::vector<at::Tensor>, std::vector<at::Tensor>>;
-
-TensorList5 proposal_costs_batched_cpu(at::TensorList units, at::TensorList members, at::TensorList logits,
-                                       at::TensorList boxes, at::TensorList labels) {
-  const size_t B = units.size();
-  check_batch_lists(B, members.size(), logits.size(), boxes.size(), labels.size());
-  std::vector<ImageInputs> inputs;
-  inputs.reserve(B);
-  for (size_t b = 0; b < B; ++b) {
-    inputs.push_back(prepare_image_inputs(units[b], members[b], logits[b], boxes[b], labels[b],
-                                          " (image " + std::to_string(b) + ")"));
-  }
+CostLists proposal_costs_batched_cpu(at::TensorList units, at::TensorList members, at::TensorList logits,
+                                     at::TensorList boxes, at::TensorList labels) {
+  const std::vector<ImageInputs> inputs = prepare_batch_inputs(units, members, logits, boxes, labels);
+  const size_t B = inputs.size();
   std::vector<CostOutputs> outs(B);
   // Many images: one image per worker (nested parallel_for calls run inline). One image: its rows in parallel.
   at::parallel_for(0, static_cast<int64_t>(B), 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) outs[b] = proposal_costs_one_image(inputs[b]);
   });
-  TensorList5 result;
+  CostLists result;
   for (auto& o : outs) {
     std::get<0>(result).push_back(o.area);
     std::get<1>(result).push_back(o.bbox);

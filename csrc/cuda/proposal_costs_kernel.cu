@@ -287,25 +287,14 @@ at::Tensor to_device(const std::vector<T>& host, at::ScalarType dtype, const at:
   return cpu.to(device, /*non_blocking=*/false);
 }
 
-using TensorList5 = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
-                               std::vector<at::Tensor>, std::vector<at::Tensor>>;
-
-TensorList5 proposal_costs_batched_cuda(at::TensorList units, at::TensorList members, at::TensorList logits,
-                                        at::TensorList boxes, at::TensorList labels) {
-  const size_t B = units.size();
-  check_batch_lists(B, members.size(), logits.size(), boxes.size(), labels.size());
-  TensorList5 result;
-  if (B == 0) return result;
-  const at::cuda::CUDAGuard guard(units[0].device());
-  const at::Device device = units[0].device();
-
-  std::vector<ImageInputs> inputs;
-  for (size_t b = 0; b < B; ++b) {
-    inputs.push_back(prepare_image_inputs(units[b], members[b], logits[b], boxes[b], labels[b],
-                                          " (image " + std::to_string(b) + ")"));
-    TORCH_CHECK(inputs.back().units.device() == device, "all images of a batch must be on one device; image ", b,
-                " is on ", inputs.back().units.device(), ", image 0 on ", device);
-  }
+CostLists proposal_costs_batched_cuda(at::TensorList units, at::TensorList members, at::TensorList logits,
+                                      at::TensorList boxes, at::TensorList labels) {
+  CostLists result;
+  if (units.empty() && members.empty() && logits.empty() && boxes.empty() && labels.empty()) return result;
+  const at::cuda::CUDAGuard guard(units.empty() ? at::Device(at::kCUDA) : units[0].device());
+  std::vector<ImageInputs> inputs = prepare_batch_inputs(units, members, logits, boxes, labels);
+  const size_t B = inputs.size();
+  const at::Device device = inputs[0].units.device();
   const at::ScalarType logit_type = inputs[0].logits.scalar_type();
   std::vector<ImageMeta> meta(B);
   std::vector<double> box_values;
