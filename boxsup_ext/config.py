@@ -79,12 +79,15 @@ class RelabelConfig:
     """cost = (1 - IoU) + lam * meanCE; sample uniformly among the ``topk`` cheapest (``boxsup``;
     ``boxsup_greedy`` uses 1). ``iou``: ``box`` (the paper's Eq. 2, box vs tight box) or ``mask``.
     ``clip_to_box``: paint each chosen segment only inside its box. ``batch_images``: images per
-    fused-op call. ``snapshot_epochs``: epochs whose labels are copied to labels/snapshots/."""
+    fused-op call. ``snapshot_epochs``: epochs whose labels are copied to labels/snapshots/.
+    ``min_iou``: leave out candidates whose IoU with the box is below this (0 = none, the paper;
+    guards against drifting to tiny segments when proposals include every superpixel)."""
 
     lam: float = 3.0
     topk: int = 5
     iou: str = "box"
     clip_to_box: bool = False
+    min_iou: float = 0.0
     batch_images: int = 8
     snapshot_epochs: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 45])
 
@@ -260,6 +263,7 @@ def validate(config: Config) -> None:
         (config.relabel.iou in ("box", "mask"), f"relabel.iou must be 'box' or 'mask', got {config.relabel.iou!r}"),
         (config.relabel.topk >= 1, f"relabel.topk must be at least 1, got {config.relabel.topk}"),
         (config.relabel.lam >= 0, f"relabel.lam must be non-negative, got {config.relabel.lam}"),
+        (0 <= config.relabel.min_iou <= 1, f"relabel.min_iou must be in [0, 1], got {config.relabel.min_iou}"),
         (config.relabel.batch_images >= 1, "relabel.batch_images must be at least 1"),
         (config.train.epochs >= 1, f"train.epochs must be at least 1, got {config.train.epochs}"),
         (config.train.batch_size >= 1, f"train.batch_size must be at least 1, got {config.train.batch_size}"),

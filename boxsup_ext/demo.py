@@ -31,19 +31,22 @@ DEMO_SETTINGS = {
         "workers": 0,
     },
     "model": {"name": "tiny_fcn", "width": 16, "dropout": 0.1},
-    "relabel": {"lam": 3.0, "topk": 5, "iou": "box", "snapshot_epochs": [1, 2, 5, 10]},
+    "relabel": {"lam": 3.0, "topk": 5, "iou": "box", "snapshot_epochs": [1, 2, 5, 10, 20]},
     "train": {
         "mode": "boxsup",
-        "epochs": 12,
-        "batch_size": 10,
-        "lr": 0.02,
-        "lr_step": 8,
+        "epochs": 20,
+        "batch_size": 4,
+        "lr": 0.05,
+        "lr_step": 15,
         "classifier_lr_mult": 1.0,
-        "val_every": 4,
+        "val_every": 5,
     },
     "run": {"seed": 0, "device": "auto", "progress": False, "tensorboard": False},
 }
 DEMO_MODES = ("boxsup", "rectangles", "mask")
+# Selective Search scaled to 64 px images: its defaults (k = 100, 200; base regions >= k pixels) are
+# sized for VOC and leave candidates far coarser than the synthetic objects.
+DEMO_PROPOSAL_PARAMS = {"selective_search": {"ks": [25, 50, 100], "min_size": 10, "colour_spaces": ["hsv", "lab", "rgb"]}}
 
 
 def demo_config(dataset: Path, stores: dict, mode: str, run_dir: Path, overrides: Sequence[str] = ()):
@@ -84,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     methods = sorted({"selective_search" if m.startswith("boxsup") else m for m in modes if m != "mask"})
     started = time.perf_counter()
     setup = prepare_synthetic(out / "data", args.num_train, args.num_val, size=args.size, seed=args.seed,
-                              methods=methods, workers=args.workers)
+                              methods=methods, workers=args.workers, method_params=DEMO_PROPOSAL_PARAMS)
     prepare_s = time.perf_counter() - started
     print(f"dataset and proposals ready in {prepare_s:.1f}s ({out / 'data'})", flush=True)
     results: dict[str, dict] = {}

@@ -74,12 +74,15 @@ _COST_OPS: Any = None
 @dataclass(frozen=True)
 class RelabelSettings:
     """``lam``: weight of the mean cross-entropy; ``topk``: sample among this many cheapest
-    (1 = greedy); ``iou``: ``"box"`` or ``"mask"``; ``clip_to_box``: paint only inside the box."""
+    (1 = greedy); ``iou``: ``"box"`` or ``"mask"``; ``clip_to_box``: paint only inside the box;
+    ``min_iou``: candidates whose IoU with a box is below this are not considered for it (0 = all,
+    the paper)."""
 
     lam: float = 3.0
     topk: int = 5
     iou: str = "box"
     clip_to_box: bool = False
+    min_iou: float = 0.0
 
 
 class RelabelInput(NamedTuple):
@@ -116,14 +119,15 @@ def image_generator(seed: int, epoch: int, image_id: str) -> torch.Generator:
     return generator
 
 
-def assignment_cost(costs: Any, lam: float, iou: str = "box") -> torch.Tensor:
+def assignment_cost(costs: Any, lam: float, iou: str = "box", min_iou: float = 0.0) -> torch.Tensor:
     """cost [N, M] float32 = (1 - IoU) + lam * meanCE from the op's ``ProposalCosts``; +inf for
-    empty candidates (their meanCE is +inf)."""
-    overlap = costs.iou_box if iou == "box" else costs.iou_mask
+    empty candidates (their meanCE is +inf) and for IoU below ``min_iou``."""
+    overlap = (costs.iou_box if iou == "box" else costs.iou_mask).float()
     mean_ce = costs.mean_ce.float()
-    cost = (1.0 - overlap.float()) + lam * mean_ce
+    cost = (1.0 - overlap) + lam * mean_ce
     # lam = 0 must still rule out empty candidates: 0 * inf is NaN.
-    return torch.where(torch.isinf(mean_ce), torch.full_like(cost, float("inf")), cost)
+    excluded = torch.isinf(mean_ce) | (overlap < min_iou)
+    return torch.where(excluded, torch.full_like(cost, float("inf")), cost)
 
 
 def sample_topk(cost: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -185,7 +189,7 @@ def relabel_batch(
     results = []
     for item, inputs, costs in zip(batch, op_inputs, all_costs):
         units, members, _, boxes, labels = inputs
-        cost = assignment_cost(costs, settings.lam, settings.iou).cpu()
+        cost = assignment_cost(costs, settings.lam, settings.iou, settings.min_iou).cpu()
         chosen = sample_topk(cost, settings.topk, image_generator(seed, epoch, item.image_id))
         label = ops.paint_labels(
             units, members, chosen.to(units.device), labels, boxes if settings.clip_to_box else None

@@ -241,7 +241,7 @@ def prepare_labels(
 
     if mode in RELABELED_MODES:
         topk = 1 if mode == "boxsup_greedy" else config.relabel.topk
-        settings = RelabelSettings(config.relabel.lam, topk, config.relabel.iou, config.relabel.clip_to_box)
+        settings = RelabelSettings(config.relabel.lam, topk, config.relabel.iou, config.relabel.clip_to_box, config.relabel.min_iou)
     else:  # fixed baselines: each box takes the candidate that matches it best, network unused
         settings = RelabelSettings(0.0, 1, "box", config.relabel.clip_to_box)
     num_classes = _unwrap(model).num_classes
@@ -535,6 +535,7 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
                     save_checkpoint(run_dir / "checkpoints" / "latest.pt", make_checkpoint(epoch - 1, partial))
                     print(f"stopped by signal in epoch {epoch} after step {partial.step}; checkpoint saved, resume with --resume", file=sys.stderr)
                 raise StopRequested
+            ctx.broadcast_buffers(_unwrap(model))
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             entry: dict = {

@@ -121,3 +121,14 @@ def test_relabel_batch_matches_the_definition():
     other = item._replace(image_id="other")
     together = relabel_batch(model, [other, item], settings5, 7, 2, torch.device("cpu"))[1]
     assert np.array_equal(alone.chosen, together.chosen) and np.array_equal(alone.label, together.label)
+
+
+def test_min_iou_leaves_out_poorly_overlapping_candidates():
+    units, members = make_candidates()
+    costs = reference.proposal_costs(units, members, torch.zeros(3, *units.shape),
+                                     torch.tensor([[2.0, 2.0, 8.0, 8.0]]), torch.tensor([1]))
+    cost = assignment_cost(costs, lam=3.0, iou="box", min_iou=0.5)
+    keep = costs.iou_box[:, 0] >= 0.5
+    assert torch.isfinite(cost[keep, 0]).all() and torch.isinf(cost[~keep, 0]).all()
+    assert keep.sum() == 1  # only the exact square survives; then it is the only choice
+    assert sample_topk(cost, 5, image_generator(0, 1, "x")).tolist() == [1]

@@ -11,7 +11,8 @@ from boxsup_ext.utils import InputError
 
 def _conv(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation),
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
 
@@ -21,7 +22,8 @@ class TinyFCN(nn.Module):
 
     Input: float32 [B, 3, H, W], ImageNet-normalised RGB. Output: logits float32
     [B, num_classes, ceil(H / 4), ceil(W / 4)]. ``width`` sets the channel count of the first stage
-    (later stages use 2x). No batch norm, so results do not depend on batch composition.
+    (later stages use 2x). Batch norm after every convolution (CPU training from scratch needs it);
+    under DistributedDataParallel its running statistics follow rank 0's.
     """
 
     output_stride = 4
@@ -47,7 +49,6 @@ class TinyFCN(nn.Module):
         for module in self.features.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
         init_classifier(self.classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

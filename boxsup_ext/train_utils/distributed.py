@@ -73,6 +73,14 @@ class DistContext:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Copy rank 0's buffers (e.g. batch-norm running statistics) to every rank; DDP itself
+        only does so at the start of each forward, so ranks end an epoch with their own."""
+        if not self.distributed:
+            return
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
     def _comm_device(self) -> torch.device:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 
 
@@ -27,9 +27,11 @@ def prepare_synthetic(
     methods: Sequence[str] = ("selective_search", "rectangles"),
     workers: int = 1,
     max_objects: int = 4,
+    method_params: Optional[dict[str, dict]] = None,
 ) -> SyntheticSetup:
     """Write the synthetic dataset (``size`` x ``size`` pixel images) to ``out_dir/dataset`` and a
-    proposal store per method to ``out_dir/proposals_<method>``. Existing complete outputs made
+    proposal store per method to ``out_dir/proposals_<method>``, with ``method_params[method]``
+    as the method's options. Existing complete outputs made
     with the same arguments are reused (both writers are resumable)."""
     from boxsup_ext.data import open_dataset
     from boxsup_ext.data.synthetic import generate
@@ -43,6 +45,7 @@ def prepare_synthetic(
     stores = {}
     for method in methods:
         store_dir = out_dir / f"proposals_{method}"
-        generate_proposals(train, method, store_dir, workers=workers, progress=False)
+        params = (method_params or {}).get(method, {})
+        generate_proposals(train, method, store_dir, workers=workers, progress=False, **params)
         stores[method] = store_dir
     return SyntheticSetup(dataset_dir, stores)
