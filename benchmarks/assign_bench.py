@@ -14,8 +14,9 @@ Methods, each timed as the median over repeats after warm-up:
   logsumexp_floor  torch.logsumexp over the logits alone (every pixel's log-sum-exp, the floor)
   read_floor       (cuda only) one full read of the logits (a sum), the memory-bandwidth floor
 
-peak_mb is the peak memory a method adds: torch.cuda.max_memory_allocated on a GPU, the sampled
-increase of the process RSS on the CPU.
+peak_mb is the peak memory one call adds on top of its inputs: torch.cuda.max_memory_allocated on a
+GPU; on the CPU the peak RSS (VmHWM) of a fresh process that loads the inputs and makes the call, minus
+its RSS just before the call.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import json
 import os
 import statistics
 import sys
-import threading
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -244,33 +244,50 @@ def rss_mb() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def peak_mb(fn: Callable[[], object], device: str) -> Optional[float]:
+METHODS: Dict[str, Callable] = {}
+
+
+def peak_mb(method: str, case: dict, device: str) -> Optional[float]:
+    """Peak memory one call of ``method`` adds on top of its inputs, in MiB.
+
+    On a GPU: torch.cuda.max_memory_allocated. On the CPU: the call runs in a fresh process (so
+    no warmed-up heap hides its allocations) that loads the inputs, then reports its peak RSS
+    (VmHWM) minus the RSS it had just before the call.
+    """
+    fn = METHODS[method]
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        fn()
+        fn(**case)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
     if not os.path.exists("/proc/self/statm"):
         return None
-    base = rss_mb()
-    peak = [base]
-    done = threading.Event()
+    import subprocess
+    import tempfile
 
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_mb())
-            time.sleep(0.0005)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "case.pt")
+        torch.save(case, path)
+        result = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--peak-child", path, method,
+             "--threads", str(torch.get_num_threads())],
+            capture_output=True, text=True,
+        )
+    if result.returncode != 0:
+        raise RuntimeError(f"peak-memory child for {method} failed: {result.stderr[-500:]}")
+    return float(result.stdout.strip().splitlines()[-1])
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    result = fn()
-    peak[0] = max(peak[0], rss_mb())
-    done.set()
-    sampler.join()
-    del result
-    return max(0.0, peak[0] - base)
+
+def peak_child(path: str, method: str) -> None:
+    case = torch.load(path)
+    before = rss_mb()
+    METHODS[method](**case)
+    # VmHWM is this process image's own peak RSS (ru_maxrss would carry the parent's over exec).
+    with open("/proc/self/status") as handle:
+        peak = next(int(line.split()[1]) for line in handle if line.startswith("VmHWM:")) / 1024
+    print(max(0.0, peak - before))
 
 
 def dense_bytes(case: dict) -> int:
@@ -291,20 +308,18 @@ def free_bytes(device: str) -> int:
 
 def run_case(name: str, device: str, repeats: int) -> dict:
     case = make_case(name, device)
-    methods: Dict[str, Callable] = {"ext": ext, "torch_factored": torch_factored, "torch_dense": torch_dense,
-                                    "logsumexp_floor": logsumexp_floor}
-    if device == "cuda":
-        methods["read_floor"] = read_floor
+    methods = ["ext", "torch_factored", "torch_dense", "logsumexp_floor"] + (["read_floor"] if device == "cuda" else [])
     result = {"name": name, "ms": {}, "peak_mb": {}, "skipped": {},
               "units": int(case["units"].max()) + 1, "candidates": int(case["members"].shape[0])}
-    for method, fn in methods.items():
+    for method in methods:
+        fn = METHODS[method]
         if method == "torch_dense" and dense_bytes(case) > 0.6 * free_bytes(device):
             result["skipped"][method] = f"needs ~{dense_bytes(case) / 2**30:.1f} GiB, more than 60% of free memory"
             continue
         call = lambda fn=fn: fn(**case)  # noqa: E731
         reps = max(3, repeats // 5) if method == "torch_dense" else repeats
         result["ms"][method] = time_ms(call, device, reps, warmup=1 if method == "torch_dense" else 2)
-        result["peak_mb"][method] = peak_mb(call, device)
+        result["peak_mb"][method] = peak_mb(method, case, device)
     return result
 
 
@@ -325,8 +340,13 @@ def run_batched(device: str, repeats: int, batch: int = 64) -> dict:
     return {"name": f"batched-{batch}", "ms": {"ext": ms}, "images_per_s": batch / (ms / 1e3), "batch": batch}
 
 
+METHODS.update(ext=ext, torch_factored=torch_factored, torch_dense=torch_dense, logsumexp_floor=logsumexp_floor,
+               read_floor=read_floor)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peak-child", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and the kernels (default 1)")
     parser.add_argument("--repeats", type=int, default=15)
@@ -343,6 +363,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("error: --threads must be >= 1", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    if args.peak_child:
+        peak_child(*args.peak_child)
+        return 0
     cases = []
     for name in [c.strip() for c in args.cases.split(",") if c.strip()]:
         if name == "batched":
