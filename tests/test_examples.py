@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "python").glob("*.py"))
 SMALL_ARGS = {
     "proposal_costs_example.py": ["--height", "40", "--width", "50"],
+    "relabel_synthetic.py": ["--out", "{tmp}/synthetic", "--images", "3"],
 }
 
 

@@ -26,7 +26,8 @@ constexpr int kThreads = 256;
 constexpr int kChunk = 8;  // per-box / per-label sums a lane folds at once in stage 2
 
 struct ImageMeta {
-  const int32_t* units;
+  const void* units;      // int32 or int64, as given (no conversion pass)
+  int32_t units_are_int64;
   const void* logits;
   const int64_t* members;
   int64_t pixel_begin;    // prefix over images of H * W
@@ -100,7 +101,11 @@ __global__ void unit_statistics_kernel(DeviceTables t, int64_t total_pixels) {
     const int64_t p = (valid ? g : total_pixels - 1) - im.pixel_begin;
     const int64_t hw = static_cast<int64_t>(im.height) * im.width;
     const int32_t y = static_cast<int32_t>(p / im.width), x = static_cast<int32_t>(p % im.width);
-    int64_t u = valid ? im.units[p] : -1;
+    int64_t u = -1;
+    if (valid) {
+      u = im.units_are_int64 ? static_cast<const int64_t*>(im.units)[p]
+                             : static_cast<int64_t>(static_cast<const int32_t*>(im.units)[p]);
+    }
     if (valid && (u < 0 || u >= im.num_units)) {
       atomicExch(t.bad_unit, 1);
       u = -1;
@@ -305,13 +310,12 @@ CostLists proposal_costs_batched_cuda(at::TensorList units, at::TensorList membe
           scratch_ce = 0;
   for (size_t b = 0; b < B; ++b) {
     ImageInputs& in = inputs[b];
-    at::Tensor u32 = in.units.to(at::kInt).contiguous();
     at::Tensor lg = in.logits.scalar_type() == logit_type ? in.logits : in.logits.to(logit_type).contiguous();
-    keep_alive.push_back(u32);
     keep_alive.push_back(lg);
     ImageMeta& m = meta[b];
     const int64_t M = in.num_boxes, J = static_cast<int64_t>(in.distinct_labels.size());
-    m.units = u32.data_ptr<int32_t>();
+    m.units = in.units.data_ptr();
+    m.units_are_int64 = in.units.scalar_type() == at::kLong;
     m.logits = lg.data_ptr();
     m.members = in.members.data_ptr<int64_t>();
     m.pixel_begin = pixels;
