@@ -175,19 +175,8 @@ HOST_DEVICE_INLINE double rect_iou(double ax0, double ay0, double ax1, double ay
   return uni > 0 ? inter / uni : 0.0;
 }
 
-// Fold of one unit's integer statistics into a candidate's accumulator (same layout).
-HOST_DEVICE_INLINE void fold_unit_ints(int64_t* acc, const int32_t* unit, int num_boxes) {
-  if (unit[kCount] == 0) return;
-  acc[kCount] += unit[kCount];
-  acc[kMinX] = unit[kMinX] < acc[kMinX] ? unit[kMinX] : acc[kMinX];
-  acc[kMinY] = unit[kMinY] < acc[kMinY] ? unit[kMinY] : acc[kMinY];
-  acc[kMaxX] = unit[kMaxX] > acc[kMaxX] ? unit[kMaxX] : acc[kMaxX];
-  acc[kMaxY] = unit[kMaxY] > acc[kMaxY] ? unit[kMaxY] : acc[kMaxY];
-  for (int m = 0; m < num_boxes; ++m) acc[kUnitIntFields + m] += unit[kUnitIntFields + m];
-}
-
 // Merge of two units' integer statistics (the same unit seen by two workers).
-HOST_DEVICE_INLINE void fold_unit_ints_i32(int32_t* into, const int32_t* from, int num_boxes) {
+HOST_DEVICE_INLINE void merge_unit_ints(int32_t* into, const int32_t* from, int num_boxes) {
   into[kCount] += from[kCount];
   into[kMinX] = from[kMinX] < into[kMinX] ? from[kMinX] : into[kMinX];
   into[kMinY] = from[kMinY] < into[kMinY] ? from[kMinY] : into[kMinY];

@@ -3,7 +3,7 @@
 // Stage 1 makes one pass over the logits, row by row: per pixel the log-sum-exp over classes
 // (vectorised, see row_logsumexp), then per-unit statistics — pixel count, tight box, pixels inside
 // each box, and CE sums for the distinct labels. Stage 2 folds, for each candidate, the statistics
-// of the units whose bits are set. The arithmetic lives in common/proposal_math.h.
+// of the units whose bits are set, run by run (prefix sums, see fold_run). The arithmetic lives in common/proposal_math.h.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -169,11 +169,64 @@ void accumulate_rows(const ImageInputs& in, int64_t num_units, int64_t row_begin
 void merge_unit_stats(UnitStats& into, const UnitStats& from, int64_t num_units, int64_t stride, int64_t num_labels) {
   at::parallel_for(0, num_units, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
-      math::fold_unit_ints_i32(into.ints.data() + u * stride, from.ints.data() + u * stride,
+      math::merge_unit_ints(into.ints.data() + u * stride, from.ints.data() + u * stride,
                                static_cast<int>(stride - math::kUnitIntFields));
       for (int64_t j = 0; j < num_labels; ++j) into.ce[u * num_labels + j] += from.ce[u * num_labels + j];
     }
   });
+}
+
+// Unit statistics rearranged for folding runs of units: prefix sums of the pixel count and of the
+// per-box and per-label sums, and the tight-box corners as separate arrays.
+struct FoldTables {
+  std::vector<int64_t> count_prefix;  // [U + 1]
+  std::vector<int64_t> inbox_prefix;  // [(U + 1) * M]
+  std::vector<double> ce_prefix;      // [(U + 1) * J]
+  std::vector<int32_t> min_x, min_y, max_x, max_y;  // [U]
+};
+
+FoldTables build_fold_tables(const UnitStats& stats, int64_t num_units, int64_t M, int64_t J) {
+  const int64_t stride = math::kUnitIntFields + M;
+  FoldTables t;
+  t.count_prefix.assign(num_units + 1, 0);
+  t.inbox_prefix.assign((num_units + 1) * M, 0);
+  t.ce_prefix.assign((num_units + 1) * J, 0.0);
+  t.min_x.resize(num_units);
+  t.min_y.resize(num_units);
+  t.max_x.resize(num_units);
+  t.max_y.resize(num_units);
+  for (int64_t u = 0; u < num_units; ++u) {
+    const int32_t* row = stats.ints.data() + u * stride;
+    t.count_prefix[u + 1] = t.count_prefix[u] + row[math::kCount];
+    for (int64_t m = 0; m < M; ++m)
+      t.inbox_prefix[(u + 1) * M + m] = t.inbox_prefix[u * M + m] + row[math::kUnitIntFields + m];
+    for (int64_t j = 0; j < J; ++j) t.ce_prefix[(u + 1) * J + j] = t.ce_prefix[u * J + j] + stats.ce[u * J + j];
+    t.min_x[u] = row[math::kMinX];
+    t.min_y[u] = row[math::kMinY];
+    t.max_x[u] = row[math::kMaxX];
+    t.max_y[u] = row[math::kMaxY];
+  }
+  return t;
+}
+
+// Adds units [first, last) to a candidate's accumulators (layout of math::init_candidate_ints).
+// Units without pixels carry empty corners (kEmptyMin / kEmptyMax), so min/max skip them.
+inline void fold_run(const FoldTables& t, int64_t first, int64_t last, int64_t M, int64_t J, int64_t* acc,
+                     double* ce_acc) {
+  acc[math::kCount] += t.count_prefix[last] - t.count_prefix[first];
+  for (int64_t m = 0; m < M; ++m) acc[math::kUnitIntFields + m] += t.inbox_prefix[last * M + m] - t.inbox_prefix[first * M + m];
+  for (int64_t j = 0; j < J; ++j) ce_acc[j] += t.ce_prefix[last * J + j] - t.ce_prefix[first * J + j];
+  int32_t min_x = math::kEmptyMin, min_y = math::kEmptyMin, max_x = math::kEmptyMax, max_y = math::kEmptyMax;
+  for (int64_t u = first; u < last; ++u) {
+    min_x = t.min_x[u] < min_x ? t.min_x[u] : min_x;
+    min_y = t.min_y[u] < min_y ? t.min_y[u] : min_y;
+    max_x = t.max_x[u] > max_x ? t.max_x[u] : max_x;
+    max_y = t.max_y[u] > max_y ? t.max_y[u] : max_y;
+  }
+  acc[math::kMinX] = min_x < acc[math::kMinX] ? min_x : acc[math::kMinX];
+  acc[math::kMinY] = min_y < acc[math::kMinY] ? min_y : acc[math::kMinY];
+  acc[math::kMaxX] = max_x > acc[math::kMaxX] ? max_x : acc[math::kMaxX];
+  acc[math::kMaxY] = max_y > acc[math::kMaxY] ? max_y : acc[math::kMaxY];
 }
 
 struct CostOutputs {
@@ -221,7 +274,10 @@ CostOutputs proposal_costs_one_image(const ImageInputs& in) {
   UnitStats& stats = partial[0];
   for (int64_t w = 1; w < workers; ++w) merge_unit_stats(stats, partial[w], num_units, stride, J);
 
-  // Stage 2: fold the set bits of each candidate.
+  // Stage 2: fold the statistics of each candidate's units. Sums over a run of consecutive set bits
+  // come from prefix sums in O(1); the tight box is a (vectorised) min/max over the run. Per-pixel
+  // candidates are long runs; superpixel candidates, short ones.
+  const FoldTables tables = build_fold_tables(stats, num_units, M, J);
   const int64_t* members = in.members.data_ptr<int64_t>();
   int64_t* area = out.area.data_ptr<int64_t>();
   float* bbox = out.bbox.data_ptr<float>();
@@ -235,16 +291,25 @@ CostOutputs proposal_costs_one_image(const ImageInputs& in) {
       math::init_candidate_ints(acc.data(), static_cast<int>(M));
       std::fill(ce_acc.begin(), ce_acc.end(), 0.0);
       const uint64_t* words = reinterpret_cast<const uint64_t*>(members + n * in.num_words);
+      int64_t run_start = -1;
+      uint64_t carry = 0;  // the previous word's top bit
       for (int64_t w = 0; w < in.num_words; ++w) {
-        uint64_t bits = words[w];
-        while (bits) {
-          const int64_t u = w * 64 + __builtin_ctzll(bits);
-          bits &= bits - 1;
-          math::fold_unit_ints(acc.data(), stats.ints.data() + u * stride, static_cast<int>(M));
-          const double* ce_row = stats.ce.data() + u * J;
-          for (int64_t j = 0; j < J; ++j) ce_acc[j] += ce_row[j];
+        const uint64_t x = words[w];
+        const uint64_t previous = (x << 1) | carry;
+        uint64_t edges = (x & ~previous) | (~x & previous);  // run starts and (exclusive) run ends
+        carry = x >> 63;
+        while (edges) {
+          const int64_t position = w * 64 + __builtin_ctzll(edges);
+          edges &= edges - 1;
+          if (run_start < 0) {
+            run_start = position;
+          } else {
+            fold_run(tables, run_start, position, M, J, acc.data(), ce_acc.data());
+            run_start = -1;
+          }
         }
       }
+      if (run_start >= 0) fold_run(tables, run_start, in.num_words * 64, M, J, acc.data(), ce_acc.data());
       math::finalize_candidate(acc.data(), ce_acc.data(), in.boxes_host.data(), in.label_slot.data(),
                                in.box_pixels.data(), static_cast<int>(M), area + n, bbox + 4 * n, iou_box + n * M,
                                iou_mask + n * M, mean_ce + n * M);
