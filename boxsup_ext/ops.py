@@ -17,6 +17,7 @@ Plain float64 references of each op are in :mod:`boxsup_ext.reference`.
 
 from __future__ import annotations
 
+import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -109,18 +110,14 @@ def pack_masks(masks: torch.Tensor) -> torch.Tensor:
     """
     if masks.dim() < 1:
         raise ValueError(f"masks must have shape [N, ...], got {tuple(masks.shape)}")
-    length = 1
-    for size in masks.shape[1:]:
-        length *= int(size)
+    length = math.prod(int(size) for size in masks.shape[1:])
     return torch.ops.boxsup.pack_masks(masks.reshape(masks.shape[0], length))
 
 
 def unpack_masks(words: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Inverse of :func:`pack_masks`: int64 words [N, W64] to bool [N, *shape]."""
     shape = [int(s) for s in shape]
-    length = 1
-    for size in shape:
-        length *= size
+    length = math.prod(shape)
     return torch.ops.boxsup.unpack_masks(words, length).reshape(words.shape[0], *shape)
 
 

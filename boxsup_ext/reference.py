@@ -7,6 +7,7 @@ proposal representation) are those of :mod:`boxsup_ext.ops`.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -55,17 +56,13 @@ def unpack_bits(words: torch.Tensor, length: int) -> torch.Tensor:
 
 def pack_masks(masks: torch.Tensor) -> torch.Tensor:
     """bool [N, *S] to int64 bit words [N, ceil(prod(S) / 64)], pixels in row-major order."""
-    length = 1
-    for size in masks.shape[1:]:
-        length *= int(size)
+    length = math.prod(int(size) for size in masks.shape[1:])
     return pack_bits(masks.reshape(masks.shape[0], length))
 
 
 def unpack_masks(words: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """int64 bit words [N, W64] to bool [N, *shape] (inverse of :func:`pack_masks`)."""
-    length = 1
-    for size in shape:
-        length *= int(size)
+    length = math.prod(int(size) for size in shape)
     return unpack_bits(words, length).reshape(words.shape[0], *[int(s) for s in shape])
 
 
