@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from boxsup_ext.utils import InputError, atomic_write_json, run_cli
+from boxsup_ext.utils import InputError, atomic_write_json, ensure_output_dir, run_cli
 
 
 def parse_params(pairs: Sequence[str]) -> dict:
@@ -74,6 +74,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "methods":
         print("\n".join(available_methods()))
         return 0
+    if args.command == "generate":
+        ensure_output_dir(args.out, "--out", create=False)
     dataset = _open_dataset(args)
     if args.command == "generate":
         params = parse_params(args.param)

@@ -1,7 +1,8 @@
-"""Small shared helpers: atomic file writes and user-facing errors."""
+"""Small shared helpers: atomic file writes, output folders and user-facing errors."""
 
 from boxsup_ext.utils.errors import InputError, run_cli
 from boxsup_ext.utils.atomic import atomic_write, atomic_write_bytes, atomic_save_torch, atomic_write_json
+from boxsup_ext.utils.outputs import OutputManifest, ensure_output_dir
 
 __all__ = [
     "InputError",
@@ -10,4 +11,6 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_save_torch",
     "atomic_write_json",
+    "OutputManifest",
+    "ensure_output_dir",
 ]

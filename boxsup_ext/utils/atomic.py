@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary name in the same directory, fsync, then rename.
 
-A crash or kill at any point leaves either the old file or the new one, never half a file.
+A crash or kill at any point leaves either the old file or the new one, never half a file. New
+files get the permissions the user's umask gives (``0o666 & ~umask``, like ``open(path, "w")``),
+not the owner-only ``0o600`` of :func:`tempfile.mkstemp`, so a shared folder can read them.
 """
 
 from __future__ import annotations
@@ -9,11 +11,27 @@ import contextlib
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator, Union
 
 PathLike = Union[str, os.PathLike]
+
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _create_temp_beside(path: Path) -> tuple[int, str]:
+    """Create a new, empty file with a random name beside ``path``; return (fd, name).
+
+    ``os.open`` with mode ``0o666`` lets the kernel apply the umask, which avoids reading it
+    (``os.umask`` can only be read by setting it, a race with other threads)."""
+    for _ in range(100):
+        name = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(name, _CREATE_FLAGS, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 @contextlib.contextmanager
@@ -23,7 +41,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = _create_temp_beside(path)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
