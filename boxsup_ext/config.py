@@ -8,6 +8,7 @@ the key. ``data.train`` is a list of sources; address its items by index (``data
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,12 @@ import yaml
 from boxsup_ext.utils import InputError, atomic_write
 
 MODES = ("boxsup", "boxsup_greedy", "mask", "rectangles", "grabcut")
+# A training crop's side in pixels. VOC images are 500 px and the paper crops 321; 4096 is already
+# ~200 MB of input per image for a batch of 20 before any activation, and a crop of 10^6 would ask
+# for terabytes.
+MAX_CROP_SIZE = 4096
+# Random rescaling factors beyond this blow a VOC image up to gigapixels.
+MAX_SCALE = 8.0
 DATASET_KINDS = ("voc", "voc07", "coco", "folder", "synthetic")
 
 
@@ -44,7 +51,8 @@ class SourceConfig:
 class DataConfig:
     """Training sources, the validation split (``val.root`` empty: no validation) and augmentation:
     random scale in [scale_min, scale_max], random ``crop_size`` x ``crop_size`` crop (pixels),
-    horizontal flip. ``workers``: DataLoader worker processes."""
+    horizontal flip. ``workers``: DataLoader worker processes. ``skip_bad``: leave out broken
+    images/objects with a warning instead of stopping (``--skip-bad``)."""
 
     train: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
     val: SourceConfig = field(default_factory=lambda: SourceConfig(split="val", supervision="mask"))
@@ -53,6 +61,7 @@ class DataConfig:
     scale_max: float = 1.5
     flip: bool = True
     workers: int = 2
+    skip_bad: bool = False
 
 
 @dataclass
@@ -256,8 +265,24 @@ def apply_override(values: dict, item: str) -> None:
             raise InputError(f"--set {key}: {'.'.join(parts[:depth])} is not a section")
 
 
+def _non_finite_floats(values: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of every NaN or infinite float in a nested config dict."""
+    found = []
+    if isinstance(values, dict):
+        for key, value in values.items():
+            found += _non_finite_floats(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(values, list):
+        for index, value in enumerate(values):
+            found += _non_finite_floats(value, f"{prefix}.{index}")
+    elif isinstance(values, float) and not math.isfinite(values):
+        found.append(prefix)
+    return found
+
+
 def validate(config: Config) -> None:
     """Check value ranges and choices; each problem is one line naming the key."""
+    for key in _non_finite_floats(config_to_dict(config)):
+        raise InputError(f"{key} must be a finite number, got {_lookup(config, key)}")
     checks = [
         (config.train.mode in MODES, f"train.mode must be one of {', '.join(MODES)}, got {config.train.mode!r}"),
         (config.relabel.iou in ("box", "mask"), f"relabel.iou must be 'box' or 'mask', got {config.relabel.iou!r}"),
@@ -268,10 +293,21 @@ def validate(config: Config) -> None:
         (config.train.epochs >= 1, f"train.epochs must be at least 1, got {config.train.epochs}"),
         (config.train.batch_size >= 1, f"train.batch_size must be at least 1, got {config.train.batch_size}"),
         (config.train.lr > 0, f"train.lr must be positive, got {config.train.lr}"),
+        (config.train.momentum >= 0, f"train.momentum must be 0 or more, got {config.train.momentum}"),
+        (config.train.weight_decay >= 0, f"train.weight_decay must be 0 or more, got {config.train.weight_decay}"),
+        (config.train.lr_gamma > 0, f"train.lr_gamma must be positive, got {config.train.lr_gamma}"),
+        (config.train.classifier_lr_mult > 0, f"train.classifier_lr_mult must be positive, got {config.train.classifier_lr_mult}"),
+        (0 <= config.model.dropout <= 1, f"model.dropout must be in [0, 1], got {config.model.dropout}"),
+        (config.run.seed >= 0, f"run.seed must be 0 or more, got {config.run.seed}"),
+        (config.run.threads >= 0, f"run.threads must be 0 (torch's default) or more, got {config.run.threads}"),
         (config.train.lr_step >= 1, f"train.lr_step must be at least 1, got {config.train.lr_step}"),
         (config.train.val_every >= 0, "train.val_every must be 0 or more"),
         (config.data.crop_size >= 8, f"data.crop_size must be at least 8, got {config.data.crop_size}"),
+        (config.data.crop_size <= MAX_CROP_SIZE,
+         f"data.crop_size must be at most {MAX_CROP_SIZE} pixels (the paper crops 321; {config.data.crop_size} would need "
+         f"about {_crop_gigabytes(config):.3g} GB for one batch's input alone), got {config.data.crop_size}"),
         (0 < config.data.scale_min <= config.data.scale_max, "data.scale_min must be positive and <= data.scale_max"),
+        (config.data.scale_max <= MAX_SCALE, f"data.scale_max must be at most {MAX_SCALE:g}, got {config.data.scale_max}"),
         (config.data.workers >= 0, "data.workers must be 0 or more"),
         (len(config.data.train) >= 1, "data.train must list at least one source"),
         (config.run.device in ("auto", "cpu", "cuda"), f"run.device must be auto, cpu or cuda, got {config.run.device!r}"),
@@ -286,6 +322,18 @@ def validate(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise InputError(message)
+
+
+def _lookup(config: Config, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        node = node[int(part)] if isinstance(node, list) else getattr(node, part)
+    return node
+
+
+def _crop_gigabytes(config: Config) -> float:
+    """Bytes of one batch of float32 RGB crops (the network's input alone), in GB."""
+    return config.train.batch_size * 3 * 4 * float(config.data.crop_size) ** 2 / 1e9
 
 
 def dump_config(config: Config) -> str:

@@ -9,13 +9,16 @@ one epoch of SGD on the stored labels, validate every few epochs, checkpoint. Mo
 
 Images whose source gives masks (``supervision: mask`` or ``auto`` with masks) always use them.
 Under ``torchrun --nproc_per_node=K`` it trains with DistributedDataParallel, relabeling a share of
-the images on each rank; rank 0 logs and checkpoints. ``--resume`` continues a run exactly;
-SIGINT/SIGTERM save a checkpoint at the next batch boundary before exiting.
+the images on each rank; rank 0 logs and checkpoints. ``--resume`` continues a run exactly, with
+the same bits as an uninterrupted run, whatever stopped it; SIGINT/SIGTERM save a checkpoint at the
+next batch boundary before exiting. One trainer at a time holds a run directory (an OS lock).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import signal
 import sys
@@ -33,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from boxsup_ext.config import Config, SourceConfig, config_to_dict, dump_config, load_config, save_config
 from boxsup_ext.metrics import confusion_matrix, miou_from_confusion
-from boxsup_ext.models import build_model, image_to_tensor, model_meta, predict_logits
+from boxsup_ext.models import build_model, image_to_tensor, load_checkpoint_file, model_meta, predict_logits
 from boxsup_ext.relabel import IGNORE_LABEL, RelabelInput, RelabelSettings, relabel_batch
 from boxsup_ext.train_utils.data import (
     LabelledImages,
@@ -44,6 +47,7 @@ from boxsup_ext.train_utils.data import (
     rank_slice,
 )
 from boxsup_ext.train_utils.distributed import DistContext, init_distributed, shutdown_distributed
+from boxsup_ext.train_utils.lock import RunLock, prepare_run_dir
 from boxsup_ext.train_utils.logbook import EpochLog, progress
 from boxsup_ext.train_utils.state import (
     capture_rng,
@@ -55,13 +59,18 @@ from boxsup_ext.train_utils.state import (
 )
 from boxsup_ext.utils import InputError, atomic_write_bytes, atomic_write_json, run_cli
 
-# Test hook: "EPOCH:STEP" makes the process SIGKILL itself right after that training step.
+# Test hook: "EPOCH:STEP[:SIGNAL]" makes the process send itself SIGNAL (default SIGKILL; e.g.
+# SIGTERM, SIGINT) right after that training step.
 FAULT_ENV = "BOXSUP_FAULT_AT"
 RELABELED_MODES = ("boxsup", "boxsup_greedy")
 
 
 class StopRequested(Exception):
     """SIGINT/SIGTERM arrived; the trainer stops at the next safe point."""
+
+
+class TrainingDiverged(InputError):
+    """The loss became NaN or infinite; training stops before the weights reach a checkpoint."""
 
 
 @dataclass
@@ -110,7 +119,7 @@ def open_sources(config: Config) -> tuple[list[Any], Optional[Any]]:
 
     def open_source(source: SourceConfig) -> Any:
         extra = {"categories": source.categories} if source.kind == "coco" else {}
-        return open_dataset(source.root, source.split, kind=source.kind, **extra)
+        return open_dataset(source.root, source.split, kind=source.kind, skip_bad=config.data.skip_bad, **extra)
 
     train = []
     for i, source in enumerate(config.data.train):
@@ -155,7 +164,9 @@ def make_model(config: Config, num_classes: int, class_names: Sequence[str]) -> 
         path = Path(cfg.init_checkpoint)
         if not path.is_file():
             raise InputError(f"model.init_checkpoint: {path} does not exist")
-        source = torch.load(path, map_location="cpu", weights_only=False)
+        source = load_checkpoint_file(path)
+        if not isinstance(source, dict) or not isinstance(source.get("model"), dict) or "model_meta" not in source:
+            raise InputError(f"model.init_checkpoint {path} lacks 'model'/'model_meta'; give a boxsup_ext.train checkpoint")
         state = {k.removeprefix("module."): v for k, v in source["model"].items()}
         if cfg.replace_classifier:
             state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
@@ -294,11 +305,11 @@ def prepare_labels(
         "masks_written": len(mask_images),
         "boxes": int(sums[0]),
         "boxes_unassigned": int(sums[1]),
-        "mean_cost": sums[2] / assigned if sums[5] else None,
-        "mean_iou": sums[3] / assigned if sums[5] else None,
-        "mean_ce": sums[4] / assigned if sums[5] else None,
-        "foreground_fraction": pixel_counts[1] / pixel_counts[0] if pixel_counts[0] else None,
-        "ignore_fraction": pixel_counts[2] / pixel_counts[0] if pixel_counts[0] else None,
+        "mean_cost": float(sums[2] / assigned) if sums[5] else None,
+        "mean_iou": float(sums[3] / assigned) if sums[5] else None,
+        "mean_ce": float(sums[4] / assigned) if sums[5] else None,
+        "foreground_fraction": float(pixel_counts[1] / pixel_counts[0]) if pixel_counts[0] else None,
+        "ignore_fraction": float(pixel_counts[2] / pixel_counts[0]) if pixel_counts[0] else None,
         "changed_fraction": changed / common_boxes if common_boxes else None,
     }
     label_miou = miou_from_confusion(confusion)[0] if confusion.sum() else None
@@ -363,12 +374,16 @@ def train_one_epoch(
     )
     batches = [rank_slice(b, ctx.rank, ctx.world_size) for b in epoch_batches(len(images), cfg.batch_size, config.run.seed, epoch)]
     total_steps = len(batches)
+    # Starting an iterator draws the workers' base seed from the loader's generator; without one it
+    # comes from the global torch stream, which dropout also draws from, so a resumed epoch (a new
+    # iterator part-way) would shift every later dropout mask. A generator of (seed, epoch) keeps
+    # the global stream for the network alone.
+    loader_generator = torch.Generator().manual_seed(config.run.seed * 1_000_003 + epoch)
     loader = DataLoader(
         samples, batch_sampler=batches[partial.step :], num_workers=config.data.workers,
-        pin_memory=ctx.device.type == "cuda", persistent_workers=False,
+        pin_memory=ctx.device.type == "cuda", persistent_workers=False, generator=loader_generator,
     )
-    fault = os.environ.get(FAULT_ENV, "")
-    fault_at = tuple(int(v) for v in fault.split(":")) if fault else None
+    fault_at, fault_signal = _fault_hook()
     use_amp = scaler is not None
     model.train()
     started = time.perf_counter()
@@ -384,6 +399,13 @@ def train_one_epoch(
                 loss = F.cross_entropy(logits.float(), labels_batch, ignore_index=IGNORE_LABEL)
             else:  # all pixels ignored: a zero loss that still runs DDP's gradient sync
                 loss = logits.sum() * 0.0
+        loss_value = float(loss.detach())
+        if ctx.any_rank(not math.isfinite(loss_value)):
+            raise TrainingDiverged(
+                f"the training loss is {loss_value} at epoch {epoch} step {partial.step + 1} (train.lr "
+                f"{optimizer.param_groups[0]['lr']:g}; lower it); stopped without saving, so "
+                "checkpoints/latest.pt still holds the last good state"
+            )
         if use_amp:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -392,14 +414,23 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         partial.step += 1
-        partial.loss_sum += float(loss.detach())
+        partial.loss_sum += loss_value
         if fault_at == (epoch, partial.step):
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), fault_signal)
         if ctx.any_rank(stopper.requested) and partial.step < total_steps:
             partial.seconds += time.perf_counter() - started
             return partial, True
     partial.seconds += time.perf_counter() - started
     return partial, False
+
+
+def _fault_hook() -> tuple[Optional[tuple[int, int]], int]:
+    """(epoch, step) and signal of the :data:`FAULT_ENV` test hook, or (None, SIGKILL)."""
+    fault = os.environ.get(FAULT_ENV, "")
+    if not fault:
+        return None, signal.SIGKILL
+    parts = fault.split(":")
+    return (int(parts[0]), int(parts[1])), getattr(signal, parts[2]) if len(parts) > 2 else signal.SIGKILL
 
 
 @torch.no_grad()
@@ -434,13 +465,30 @@ def validate(model: nn.Module, dataset: Any, limit: int, ctx: DistContext, show:
 
 def train(config: Config, resume: bool = False) -> dict:
     """Run (or resume) the training described by ``config``; returns the run summary (also written
-    to ``metrics/train_summary.json``): final/best validation mIoU, seconds, relabel share."""
+    to ``metrics/train_summary.json``): final/best validation mIoU, seconds, relabel share.
+
+    Rank 0 holds the run directory's lock for the whole run. Resuming a finished run (or one that
+    has done at least ``train.epochs``) changes nothing and returns the saved summary."""
     ctx = init_distributed(config.run.device)
     stopper = Stopper()
     stopper.install()
+    run_dir = Path(config.run.run_dir)
+    lock = RunLock(run_dir) if ctx.is_main else None
     try:
+        if lock is not None:
+            lock.acquire()
+        else:
+            prepare_run_dir(run_dir)
         return _train(config, resume, ctx, stopper)
+    except OSError as err:  # a full disk or a folder that became unwritable while saving
+        where = err.filename or run_dir
+        raise InputError(
+            f"cannot write {where} ({err.strerror or err.__class__.__name__}); free space or fix the folder, "
+            f"then --resume: {run_dir / 'checkpoints' / 'latest.pt'} holds the last finished step"
+        ) from None
     finally:
+        if lock is not None:
+            lock.release()
         stopper.restore()
         shutdown_distributed()
 
@@ -464,6 +512,10 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
     fingerprints = [dataset.fingerprint() for dataset in datasets]
 
     checkpoint = check_run_dir(run_dir, resume, config_dict, fingerprints)
+    if checkpoint is not None and checkpoint["epoch"] >= config.train.epochs and not checkpoint.get("step"):
+        return _finished_run(run_dir, checkpoint, config, ctx)
+    if resume and checkpoint is None and ctx.is_main:
+        print(f"--resume: {run_dir} holds no checkpoint to resume from; starting a fresh run there", file=sys.stderr, flush=True)
     ctx.barrier()  # every rank has checked before rank 0 writes the run's identity
     if ctx.is_main:
         save_config(config, run_dir / "config.yaml")
@@ -476,7 +528,7 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
     use_amp = config.train.amp and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
 
-    start_epoch, partial, best_miou = 1, EpochProgress(), None
+    start_epoch, partial, best_miou, elapsed_before = 1, EpochProgress(), None, 0.0
     label_state: dict = {"epoch": 0, "fixed_done": False, "choices": {}}
     if checkpoint is not None:
         _unwrap(model).load_state_dict(checkpoint["model"])
@@ -490,6 +542,7 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
         partial = EpochProgress(**checkpoint.get("partial", {}))
         best_miou = checkpoint.get("best_miou")
         label_state = checkpoint["label_state"]
+        elapsed_before = float(checkpoint.get("elapsed_s", 0.0))
     if ctx.distributed:
         model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
@@ -514,18 +567,29 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
             "best_miou": best_miou,
             "dataset_fingerprints": fingerprints,
             "world_size": ctx.world_size,
+            "elapsed_s": elapsed_before + time.perf_counter() - run_started,
         }
 
     summary: dict = {"mode": config.train.mode, "epochs": config.train.epochs, "final_val_miou": None, "best_val_miou": best_miou}
     relabel_total, epoch_total, val_result = 0.0, 0.0, None
     try:
         for epoch in range(start_epoch, config.train.epochs + 1):
-            label_round = None
             if label_state.get("epoch") != epoch:
-                label_round = prepare_labels(epoch, config, ctx, model, datasets, images, stores, labels_dir, label_state, stopper)
-                label_state = {"epoch": epoch, "fixed_done": True, "choices": label_round.choices}
+                try:
+                    if ctx.any_rank(stopper.requested):
+                        raise StopRequested
+                    label_round = prepare_labels(epoch, config, ctx, model, datasets, images, stores, labels_dir, label_state, stopper)
+                except StopRequested:
+                    if ctx.is_main:
+                        print(f"stopped by signal before the training steps of epoch {epoch} (while preparing its labels); "
+                              f"--resume continues from the checkpoint of epoch {epoch - 1}", file=sys.stderr, flush=True)
+                    raise
+                label_state = {"epoch": epoch, "fixed_done": True, "choices": label_round.choices,
+                               "round": {"seconds": label_round.seconds, "stats": label_round.stats, "label_miou": label_round.label_miou}}
                 if ctx.is_main and epoch in config.relabel.snapshot_epochs:
                     snapshot_labels(labels_dir, epoch, images)
+            # This epoch's label round, also when a resumed run prepared the labels before the stop.
+            label_round = LabelRound(choices=label_state["choices"], **label_state["round"]) if label_state.get("round") else None
             partial, stopped = train_one_epoch(
                 epoch, config, ctx, model, optimizer, scaler, datasets, images, labels_dir, partial, stopper
             )
@@ -557,7 +621,7 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
                 if val_result is not None:
                     entry["val_miou"] = val_result["miou"]
                     is_best = best_miou is None or val_result["miou"] > best_miou
-                    best_miou = max(best_miou or 0.0, val_result["miou"])
+                    best_miou = float(max(best_miou or 0.0, val_result["miou"]))
             if ctx.distributed:
                 digests = ctx.gather_objects(model_digest(_unwrap(model)))
                 entry["rank_weight_digests"] = digests
@@ -575,15 +639,34 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
         if log is not None:
             log.close()
 
+    entries = log.entries if log is not None else []
+    relabel_all, time_all = sum(e.get("relabel_s") or 0.0 for e in entries), sum(e.get("time_s") or 0.0 for e in entries)
     summary.update(
         final_val_miou=val_result["miou"] if val_result else None,
         best_val_miou=best_miou,
         per_class_iou=val_result["per_class_iou"] if val_result else None,
-        seconds=time.perf_counter() - run_started,
-        relabel_share=relabel_total / epoch_total if epoch_total else None,
+        seconds=elapsed_before + time.perf_counter() - run_started,
+        relabel_share=relabel_all / time_all if time_all else (relabel_total / epoch_total if epoch_total else None),
     )
     if ctx.is_main:
         atomic_write_json(run_dir / "metrics" / "train_summary.json", summary)
+    return summary
+
+
+def _finished_run(run_dir: Path, checkpoint: dict, config: Config, ctx: DistContext) -> dict:
+    """``--resume`` of a run that has done ``train.epochs`` already: say so, touch nothing, and
+    return its saved summary."""
+    if ctx.is_main:
+        print(f"--resume: {run_dir} has finished {checkpoint['epoch']} epochs (train.epochs is {config.train.epochs}); "
+              "nothing to do", file=sys.stderr, flush=True)
+    path = run_dir / "metrics" / "train_summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        summary = None
+    if not isinstance(summary, dict):  # killed between the last checkpoint and the summary
+        summary = {"mode": config.train.mode, "epochs": checkpoint["epoch"], "final_val_miou": None,
+                   "best_val_miou": checkpoint.get("best_miou"), "seconds": checkpoint.get("elapsed_s"), "relabel_share": None}
     return summary
 
 
@@ -603,12 +686,16 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="override a config key, e.g. --set train.epochs=2 (repeatable)")
     parser.add_argument("--run-dir", help="run directory (same as --set run.run_dir=DIR)")
     parser.add_argument("--resume", action="store_true", help="continue the run in the run directory")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out broken images/objects of the datasets with a warning (same as --set data.skip_bad=true)")
     return parser
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
     """Config from --config/--set; on --resume without --config, the run directory's config.yaml."""
     overrides = list(args.overrides)
+    if args.skip_bad:
+        overrides.append("data.skip_bad=true")
     if args.run_dir:
         overrides.append(f"run.run_dir={args.run_dir}")
     config_path = args.config

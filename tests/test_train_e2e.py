@@ -75,13 +75,30 @@ def test_boxsup_run_layout_and_log(boxsup_run):
     assert Image.open(some).mode == "P"
     assert any(label.max() > 0 for label in labels.values())
     assert len(list((boxsup_run / "labels" / "snapshots" / "epoch_001").glob("*.png"))) == NUM_TRAIN
-    checkpoint = torch.load(boxsup_run / "checkpoints" / "latest.pt", weights_only=False)
+    checkpoint = torch.load(boxsup_run / "checkpoints" / "latest.pt", weights_only=True)
     for key in ("model", "model_meta", "config", "epoch", "optimizer", "scheduler", "rng", "label_state"):
         assert key in checkpoint
     assert checkpoint["epoch"] == 2 and checkpoint["label_state"]["epoch"] == 2
     model, meta = load_model_from_checkpoint(boxsup_run / "checkpoints" / "best.pt")
     assert meta["name"] == "tiny_fcn" and meta["num_classes"] == 6 and meta["class_names"][0] == "background"
     assert (boxsup_run / "config.yaml").exists() and (boxsup_run / "metrics" / "train_summary.json").exists()
+
+
+TIMING_KEYS = ("time_s", "relabel_s")
+
+
+def assert_same_run(expected_dir, got_dir):
+    """Same label maps, bit-identical final weights and the same log entries (timings aside)."""
+    expected, got = label_maps(expected_dir), label_maps(got_dir)
+    assert expected.keys() == got.keys() and all(np.array_equal(expected[k], got[k]) for k in expected)
+    a = torch.load(expected_dir / "checkpoints" / "latest.pt", weights_only=True)["model"]
+    b = torch.load(got_dir / "checkpoints" / "latest.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def untimed(run_dir):
+        return [{k: v for k, v in entry.items() if k not in TIMING_KEYS} for entry in read_log(run_dir)]
+
+    assert untimed(got_dir) == untimed(expected_dir)
 
 
 def test_resume_after_sigkill_matches_uninterrupted(synthetic, boxsup_run, tmp_path):
@@ -93,11 +110,23 @@ def test_resume_after_sigkill_matches_uninterrupted(synthetic, boxsup_run, tmp_p
     assert [e["epoch"] for e in read_log(run_dir)] == [1]
     assert train_main(cli_args(synthetic, run_dir, extra=["--resume"])) == 0
     assert [e["epoch"] for e in read_log(run_dir)] == [1, 2]
-    expected, got = label_maps(boxsup_run), label_maps(run_dir)
-    assert expected.keys() == got.keys() and all(np.array_equal(expected[k], got[k]) for k in expected)
-    a = torch.load(boxsup_run / "checkpoints" / "latest.pt", weights_only=False)["model"]
-    b = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_run(boxsup_run, run_dir)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_resume_after_signal_matches_uninterrupted(synthetic, boxsup_run, tmp_path, monkeypatch, capsys, signal_name):
+    """The signal arrives after step 2 of epoch 2 (model dropout 0.5 draws from the global torch
+    stream); the stop saves a mid-epoch checkpoint and --resume must finish with the same bits."""
+    run_dir = tmp_path / signal_name
+    monkeypatch.setenv("BOXSUP_FAULT_AT", f"2:2:{signal_name}")
+    assert train_main(cli_args(synthetic, run_dir)) == 130
+    assert "stopped by signal in epoch 2 after step 2" in capsys.readouterr().err
+    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["step"] == 2
+    monkeypatch.delenv("BOXSUP_FAULT_AT")
+    assert train_main(cli_args(synthetic, run_dir, extra=["--resume"])) == 0
+    assert [e["epoch"] for e in read_log(run_dir)] == [1, 2]
+    assert "label_miou" in read_log(run_dir)[1]
+    assert_same_run(boxsup_run, run_dir)
 
 
 def test_two_process_gloo_relabels_each_image_once(synthetic, tmp_path):

@@ -35,6 +35,7 @@ __all__ = [
     "VGG16LargeFOV",
     "build_model",
     "image_to_tensor",
+    "load_checkpoint_file",
     "load_model_from_checkpoint",
     "load_vgg16_imagenet",
     "model_meta",
@@ -97,10 +98,7 @@ def load_model_from_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist; give a run's checkpoints/best.pt or latest.pt")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise InputError(f"checkpoint {path} is not readable ({err.__class__.__name__}); is the file complete?") from None
+    checkpoint = load_checkpoint_file(path)  # on the CPU: the device is the model's business, below
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_meta" not in checkpoint:
         raise InputError(f"checkpoint {path} lacks 'model'/'model_meta'; it was not written by boxsup_ext.train")
     meta = checkpoint["model_meta"]
@@ -109,6 +107,23 @@ def load_model_from_checkpoint(
     model.load_state_dict(state)
     model.to(map_location).eval()
     return model, meta
+
+
+def load_checkpoint_file(path: Union[str, Path], map_location: Any = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``: only tensors and plain types are rebuilt, so a
+    file that would run code (a pickle with ``__reduce__``) is refused. Errors are one line."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = str(err).split("Unsupported global: ", 1)[-1].split(" was not an allowed global")[0].splitlines()[0][:120]
+        raise InputError(
+            f"checkpoint {path} holds objects other than tensors and plain types ({detail}); refusing to load it "
+            "(loading a checkpoint never runs code); use a checkpoint written by boxsup_ext.train"
+        ) from None
+    except Exception as err:
+        raise InputError(f"checkpoint {path} is not readable ({err.__class__.__name__}); is the file complete?") from None
 
 
 def image_to_tensor(image: np.ndarray, mean: Optional[tuple] = None, std: Optional[tuple] = None) -> torch.Tensor:

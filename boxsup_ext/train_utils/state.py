@@ -4,7 +4,9 @@ Run directory layout: ``config.yaml``, ``checkpoints/latest.pt`` and ``best.pt``
 ``log.jsonl``, ``metrics/``. A checkpoint is a dict with ``model``, ``model_meta``, ``config``,
 ``epoch`` (completed epochs), ``step`` (batches done in the next epoch; non-zero only after an
 interrupt), ``optimizer``, ``scheduler``, ``rng``, ``label_state``, ``best_miou``,
-``dataset_fingerprints``, ``world_size``.
+``dataset_fingerprints``, ``world_size``, ``elapsed_s``. Every value is a tensor or a plain type
+(the RNG states too), so checkpoints load with ``torch.load(weights_only=True)``: loading never
+runs code from the file.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from boxsup_ext.models import load_checkpoint_file
 from boxsup_ext.utils import InputError, atomic_save_torch, atomic_write
 
 # Config keys a resumed run may change: they affect speed and display, not the results.
@@ -33,9 +36,12 @@ RESUMABLE_KEYS = (
 
 
 def capture_rng() -> dict[str, Any]:
+    """The global random streams (Python, NumPy, torch CPU and CUDA) as tensors and plain types."""
+    version, python_state, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached_gauss = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, list(python_state), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gauss)],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -44,23 +50,29 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Set the global random streams to a :func:`capture_rng` result."""
+    version, python_state, gauss = state["python"]
+    random.setstate((version, tuple(python_state), gauss))
+    kind, keys, position, has_gauss, cached_gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Write ``checkpoint`` atomically (temp name + rename)."""
-    atomic_save_torch(checkpoint, path)
+    """Write ``checkpoint`` atomically (temp name + rename): a failed write (a full disk) leaves the
+    previous file in place and is one line naming the file."""
+    try:
+        atomic_save_torch(checkpoint, path)
+    except (OSError, RuntimeError) as err:  # torch's zip writer reports a failed write as RuntimeError
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        kept = "the previous checkpoint there is kept" if Path(path).exists() else "nothing was written"
+        raise InputError(f"cannot write checkpoint {path} ({reason}); is the disk full? {kept}") from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise InputError(f"checkpoint {path} is not readable ({err.__class__.__name__}); remove it to restart") from None
+    checkpoint = load_checkpoint_file(path)
     if not isinstance(checkpoint, dict) or "label_state" not in checkpoint:
         raise InputError(f"{path} is not a boxsup_ext.train checkpoint")
     return checkpoint
@@ -78,11 +90,15 @@ def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """Keys (other than :data:`RESUMABLE_KEYS`) whose values differ, as ``key: saved -> current``."""
+    """Keys (other than :data:`RESUMABLE_KEYS`) whose values differ, as ``key: saved -> current``.
+    A key the saved config lacks (added to the package later) counts as its default."""
+    from boxsup_ext.config import Config, config_to_dict
+
     a, b = _flatten(saved), _flatten(current)
+    defaults = _flatten(config_to_dict(Config()))
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if key in RESUMABLE_KEYS or a.get(key) == b.get(key):
+        if key in RESUMABLE_KEYS or a.get(key, defaults.get(key)) == b.get(key):
             continue
         diffs.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
     return diffs
@@ -106,7 +122,7 @@ def check_run_dir(run_dir: Path, resume: bool, config_dict: dict, fingerprints: 
             )
         return None
     if saved_config_path.exists():
-        saved = json.loads(saved_config_path.read_text())
+        saved = read_run_identity(saved_config_path)
         diffs = config_differences(saved.get("config", {}), config_dict)
         if diffs:
             raise InputError(f"run directory {run_dir} holds a run with another config ({'; '.join(diffs[:3])}); use a new --run-dir")
@@ -118,6 +134,20 @@ def check_run_dir(run_dir: Path, resume: bool, config_dict: dict, fingerprints: 
     if checkpoint.get("dataset_fingerprints") != fingerprints:
         raise InputError(f"{latest} was trained on other images (dataset fingerprints differ); use a new --run-dir")
     return checkpoint
+
+
+def read_run_identity(path: Path) -> dict:
+    """The ``run.json`` of a run directory; a damaged one is one line."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise InputError(
+            f"{path} is not readable JSON ({err.__class__.__name__}); it records which config and images the run "
+            "belongs to: restore it, or start the run again in a new --run-dir"
+        ) from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config", {}), dict):
+        raise InputError(f"{path} does not hold a run record (a JSON object with 'config'); restore it or use a new --run-dir")
+    return saved
 
 
 def write_run_identity(run_dir: Path, config_dict: dict, fingerprints: list[str]) -> None:

@@ -1,0 +1,102 @@
+"""One trainer per run directory: an OS lock on ``<run_dir>/.lock`` held for the whole run.
+
+``fcntl.flock`` is released by the kernel when the holder exits, however it exits (SIGKILL
+included), so a lock left by a dead process is never in the way. The holder writes its pid into
+the file so a second trainer can say who holds the run. The file is removed on release; a trainer
+that locked a file removed under it (by a holder finishing at that moment) locks the new one.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+from typing import Optional
+
+from boxsup_ext.utils import InputError
+
+LOCK_NAME = ".lock"
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir`` (and its parents); a path that cannot be a writable folder is one line."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"run directory {run_dir} is a file, not a folder; choose another --run-dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(
+            f"cannot create run directory {run_dir} ({err.strerror or err.__class__.__name__}); choose a writable --run-dir"
+        ) from None
+
+
+class RunLock:
+    """Exclusive, non-blocking lock of a run directory. Use as a context manager."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        prepare_run_dir(self.run_dir)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as err:
+                raise InputError(
+                    f"cannot create the lock file {self.path} ({err.strerror}); choose a writable --run-dir"
+                ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = _read_pid(fd)
+                os.close(fd)
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                who = f"pid {holder}" if holder else "another process"
+                raise InputError(
+                    f"run directory {self.run_dir} is in use by another trainer ({who}); wait for it to finish, "
+                    "stop it, or choose another --run-dir"
+                ) from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still holding the lock, so nobody locks a file about to vanish
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> Optional[int]:
+    try:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (on_disk.st_dev, on_disk.st_ino)
