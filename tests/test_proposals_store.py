@@ -97,7 +97,7 @@ def test_generate_writes_manifest_and_entries(dataset, tmp_path, workers):
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["method"] == "rectangles" and manifest["params"] == {"max_candidates": 5}
     assert manifest["dataset_fingerprint"] == dataset.fingerprint() and manifest["image_count"] == 3
-    assert manifest["complete"] is True and manifest["format_version"] == 1
+    assert manifest["complete"] is True and manifest["format_version"] == 2
     assert len(store) == 3
     for index, record in enumerate(dataset):
         entry = store.get(record.image_id)

@@ -69,17 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from boxsup_ext.proposals import available_methods, generate_proposals, open_store
+    from boxsup_ext.proposals import available_methods, generate_proposals, get_method, open_store
 
     if args.command == "methods":
         print("\n".join(available_methods()))
         return 0
     if args.command == "generate":
+        params = parse_params(args.param)
+        method = get_method(args.method)
+        if method.accepts("max_candidates"):
+            params.setdefault("max_candidates", args.max_candidates)
+        method.check_options(params)  # before the dataset is read or anything written: a typo costs nothing
         ensure_output_dir(args.out, "--out", create=False)
     dataset = _open_dataset(args)
     if args.command == "generate":
-        params = parse_params(args.param)
-        params.setdefault("max_candidates", args.max_candidates)
         store = generate_proposals(dataset, args.method, args.out, workers=args.workers, progress=not args.no_progress, **params)
         print(f"{store.path}: {len(store)} entries ({args.method}, {len(dataset)} images in {dataset.name!r} {args.split})")
         return 0

@@ -34,11 +34,12 @@ def grabcut_mask(image: np.ndarray, box: np.ndarray, iterations: int = 5, seed: 
     return foreground if foreground.any() else rectangle
 
 
-def grabcut(image: np.ndarray, boxes: np.ndarray, *, iterations: int = 5, seed: int = 0, **_options):
+def grabcut(image: np.ndarray, boxes: np.ndarray, *, iterations: int = 5, seed: int = 0, max_candidates: int = 2000):
     """One GrabCut candidate per box.
 
     image: uint8 [H, W, 3] RGB. boxes: float32 [M, 4] (x0, y0, x1, y1) pixels. iterations: GrabCut
-    iterations per box. Returns units int32 [H, W], members int64 [M, W64] (row m = box m) and
+    iterations per box. seed: OpenCV's RNG seed. max_candidates: accepted for a uniform command
+    line and unused (one candidate per box). Returns units int32 [H, W], members int64 [M, W64] (row m = box m) and
     scores float32 [M] (all 1).
     """
     image = np.asarray(image)

@@ -37,7 +37,7 @@ def read_mcg_mat(path: Path) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
     return superpixels, labels, scores
 
 
-def mcg(image: np.ndarray, boxes: np.ndarray, *, image_id: str, mat_dir: str, max_candidates: int = 2000, **_options):
+def mcg(image: np.ndarray, boxes: np.ndarray, *, image_id: str, mat_dir: str, max_candidates: int = 2000):
     """Candidates of one image from ``<mat_dir>/<image_id>.mat``, the top ``max_candidates`` by score.
 
     image: uint8 [H, W, 3] (its size must match the file's superpixels). boxes: unused.
@@ -64,4 +64,5 @@ def mcg(image: np.ndarray, boxes: np.ndarray, *, image_id: str, mat_dir: str, ma
     return units, bits.pack_rows(unit_bits), scores[order].astype(np.float32)
 
 
-register_method("mcg", mcg, needs_image_id=True)
+# The candidates come from the .mat files alone (not from the boxes or pixels).
+register_method("mcg", mcg, needs_image_id=True, uses_boxes=False, uses_pixels=False)

@@ -372,4 +372,4 @@ def selective_search(
     return units, members, scores
 
 
-register_method("selective_search", selective_search)
+register_method("selective_search", selective_search, uses_boxes=False)

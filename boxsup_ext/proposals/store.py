@@ -2,35 +2,46 @@
 
 Layout::
 
-    STORE/manifest.json          format version, method, params, dataset name + fingerprint, image count
+    STORE/manifest.json          format version, method, params, dataset name + fingerprint, image
+                                 count, depends_on (which per-image digests every entry carries)
     STORE/entries/<id>.npz       one per image: units (uint16 or int32, deflated), members int64
-                                 [N, W64] (stored), scores float32 [N], size [H, W], seconds
+                                 [N, W64] (stored), scores float32 [N], size [H, W], seconds,
+                                 provenance (JSON text: digests of what the entry was made from)
 
 Entries are written through a temporary file and renamed, so an interrupted ``generate`` leaves
 only whole entries and a rerun skips them (resume).
+
+The manifest's dataset fingerprint says which images (ids and sizes) a store is for. What each
+entry was computed from is checked per image, because it is what changes when a user edits a
+dataset: the SHA-256 of the image's boxes (methods that use boxes: rectangles, grabcut) and of the
+image file's bytes (methods that read pixels: selective_search, grabcut). Reading an entry through
+a store opened for a dataset compares them (a file read and hash, small beside decoding the image),
+and a mismatch is a stale-store error; ``generate`` on the store rebuilds exactly those entries.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import multiprocessing
 import time
 import urllib.parse
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from boxsup_ext.proposals import bits
-from boxsup_ext.proposals.registry import get_method
+from boxsup_ext.proposals.registry import ProposalMethod, check_candidates, get_method
 from boxsup_ext.utils import InputError, atomic_write, atomic_write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: entries carry provenance digests
 MANIFEST = "manifest.json"
 ENTRIES = "entries"
+DEPENDENCIES = ("boxes", "image")  # what an entry may depend on, see image_provenance
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,7 @@ class ProposalEntry:
     height: int
     width: int
     seconds: float = 0.0
+    provenance: dict = field(default_factory=dict)
 
     @property
     def num_candidates(self) -> int:
@@ -66,8 +78,11 @@ def entry_filename(image_id: str) -> str:
     return urllib.parse.quote(str(image_id), safe="-_.") + ".npz"
 
 
-def write_entry(path: Path, units: np.ndarray, members: np.ndarray, scores: np.ndarray, seconds: float = 0.0) -> None:
-    """Write one entry atomically. Shapes as in :class:`ProposalEntry`.
+def write_entry(
+    path: Path, units: np.ndarray, members: np.ndarray, scores: np.ndarray, seconds: float = 0.0, provenance: dict | None = None
+) -> None:
+    """Write one entry atomically. Shapes as in :class:`ProposalEntry`; ``provenance`` maps each of
+    :data:`DEPENDENCIES` the method uses to its digest (see :func:`image_provenance`).
 
     The file is an ordinary ``.npz`` (``np.load`` reads it) whose units map is deflated (it is
     mostly runs, ~100x smaller) while members are stored as they are: candidate bits barely
@@ -80,6 +95,7 @@ def write_entry(path: Path, units: np.ndarray, members: np.ndarray, scores: np.n
         "scores": (np.asarray(scores, dtype=np.float32), zipfile.ZIP_STORED),
         "size": (np.array(units.shape, dtype=np.int64), zipfile.ZIP_STORED),
         "seconds": (np.array(seconds, dtype=np.float64), zipfile.ZIP_STORED),
+        "provenance": (np.array(json.dumps(provenance or {}, sort_keys=True)), zipfile.ZIP_STORED),
     }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -93,24 +109,67 @@ def write_entry(path: Path, units: np.ndarray, members: np.ndarray, scores: np.n
 
 
 def read_entry(path: Path) -> ProposalEntry:
-    """Read one entry file; a missing or damaged file is an InputError naming it."""
+    """Read one entry file and check every invariant of the form once, here: units an integer
+    [H, W] map of the recorded size with ids in [0, 2^31), members int64 [N, >= ceil(U / 64)]
+    (every unit id has its bit), scores [N]. A missing, damaged or inconsistent file is an
+    InputError naming it."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            units = data["units"].astype(np.int32)
+            units = data["units"]
             members = data["members"]
             scores = data["scores"]
-            height, width = (int(v) for v in data["size"])
+            size = data["size"]
             seconds = float(data["seconds"])
+            provenance = json.loads(str(data["provenance"])) if "provenance" in data.files else {}
     except FileNotFoundError:
         raise InputError(f"{path}: proposal entry not found; run `python -m boxsup_ext.proposals generate` for this store (it resumes)") from None
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as err:
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, EOFError) as err:
         raise InputError(f"{path}: damaged proposal entry ({err}); delete it and rerun generate to rebuild it") from None
-    if units.shape != (height, width) or members.ndim != 2 or scores.shape != (members.shape[0],):
-        raise InputError(f"{path}: inconsistent proposal entry (units {units.shape}, size {height}x{width}, members {members.shape}, scores {scores.shape}); delete it and rerun generate")
-    return ProposalEntry(units, members, scores, height, width, seconds)
+    if size.shape != (2,) or not np.issubdtype(size.dtype, np.integer) or not isinstance(provenance, dict):
+        raise InputError(f"{path}: damaged proposal entry (size {size!r}, provenance {provenance!r}); delete it and rerun generate to rebuild it")
+    height, width = int(size[0]), int(size[1])
+    try:
+        units, members, scores = check_candidates(units, members, scores, height, width, "")
+    except ValueError as err:
+        raise InputError(f"{path}: inconsistent proposal entry ({str(err).lstrip(': ')}); delete it and rerun generate to rebuild it") from None
+    return ProposalEntry(units, members, scores, height, width, seconds, provenance)
 
 
-def _read_manifest(root: Path) -> dict[str, Any]:
+def _digest(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def image_provenance(dataset, index: int, depends_on: Sequence[str]) -> dict[str, str]:
+    """Digests of what an entry of image ``index`` is made from, one per name in ``depends_on``.
+
+    ``"boxes"``: SHA-256 of the record's boxes (float32 [M, 4], in order: row m of a box method's
+    candidates belongs to box m). ``"image"``: SHA-256 of the image file's bytes when the dataset
+    names the file (``image_file(index)``), else of the decoded pixels.
+    """
+    provenance = {}
+    if "boxes" in depends_on:
+        boxes = np.ascontiguousarray(dataset[index].boxes, dtype=np.float32).reshape(-1, 4)
+        provenance["boxes"] = _digest(boxes.tobytes())
+    if "image" in depends_on:
+        image_file = getattr(dataset, "image_file", None)
+        path = image_file(index) if image_file is not None else None
+        if path is None:
+            pixels = np.ascontiguousarray(dataset.load_image(index))
+            provenance["image"] = "pixels:" + _digest(repr(pixels.shape).encode() + pixels.tobytes())
+        else:
+            try:
+                provenance["image"] = "file:" + _digest(Path(path).read_bytes())
+            except OSError as err:
+                raise InputError(f"{path}: cannot read the image file ({err.strerror or err}); check the dataset") from None
+    return provenance
+
+
+def method_dependencies(method: ProposalMethod) -> list[str]:
+    """The names of :data:`DEPENDENCIES` a method's output depends on."""
+    return [name for name, used in zip(DEPENDENCIES, (method.uses_boxes, method.uses_pixels)) if used]
+
+
+def _read_manifest(root: Path, versions: Sequence[int] = (FORMAT_VERSION,)) -> dict[str, Any]:
     path = root / MANIFEST
     if not path.is_file():
         raise InputError(f"{path}: no proposal store here; create one with `python -m boxsup_ext.proposals generate`")
@@ -118,8 +177,13 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise InputError(f"{path}: unreadable store manifest ({err}); regenerate the store") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{path}: store format version {manifest.get('format_version')!r}, this code reads {FORMAT_VERSION}; regenerate the store")
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: store manifest is not a JSON object; regenerate the store")
+    if manifest.get("format_version") not in versions:
+        raise InputError(
+            f"{path}: store format version {manifest.get('format_version')!r}, this code reads {FORMAT_VERSION}; "
+            "rerun `python -m boxsup_ext.proposals generate` with the same options on it (it rebuilds the entries)"
+        )
     return manifest
 
 
@@ -129,8 +193,9 @@ class ProposalStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.manifest = _read_manifest(self.path)
-        # image_id -> (height, width) of the dataset this store was opened for (see open_store).
-        self._expected_sizes: dict[str, tuple[int, int]] | None = None
+        # The dataset this store was opened for and its image_id -> index (see open_store).
+        self._dataset = None
+        self._index: dict[str, int] | None = None
 
     @property
     def method(self) -> str:
@@ -156,16 +221,33 @@ class ProposalStore:
     def __len__(self) -> int:
         return len(self.image_ids())
 
+    @property
+    def depends_on(self) -> list[str]:
+        """Which per-image digests every entry carries and is checked against (see image_provenance)."""
+        return [str(name) for name in self.manifest.get("depends_on", [])]
+
     def get(self, image_id: str) -> ProposalEntry:
-        """The entry of one image; checks its size against the dataset when opened with open_store."""
+        """The entry of one image. When the store was opened for a dataset (open_store), checks the
+        entry's size, and its provenance against the image's current boxes / file (stale: InputError)."""
         path = self.entry_path(image_id)
         entry = read_entry(path)
-        if self._expected_sizes is not None:
-            expected = self._expected_sizes.get(image_id)
-            if expected is None:
-                raise InputError(f"{path}: image {image_id!r} is not in dataset {self.manifest.get('dataset_name')!r} this store was opened for")
-            if expected != (entry.height, entry.width):
-                raise InputError(f"{path}: entry is {entry.height}x{entry.width} but the dataset image is {expected[0]}x{expected[1]}; regenerate the store")
+        if self._index is None:
+            return entry
+        index = self._index.get(image_id)
+        if index is None:
+            raise InputError(f"{path}: image {image_id!r} is not in dataset {self.manifest.get('dataset_name')!r} this store was opened for")
+        record = self._dataset[index]
+        if (int(record.height), int(record.width)) != (entry.height, entry.width):
+            raise InputError(f"{path}: entry is {entry.height}x{entry.width} but the dataset image is {record.height}x{record.width}; regenerate the store")
+        current = image_provenance(self._dataset, index, self.depends_on)
+        changed = [name for name in self.depends_on if entry.provenance.get(name) != current[name]]
+        if changed:
+            what = " and ".join("boxes" if name == "boxes" else "image file" for name in changed)
+            raise InputError(
+                f"{path}: stale proposal store {self.path}: the {what} of image {image_id!r} changed since the store was "
+                f"generated; rerun `python -m boxsup_ext.proposals generate` with --out {self.path} and the same options "
+                "(it rebuilds the changed images)"
+            )
         return entry
 
 
@@ -179,7 +261,8 @@ def open_store(path: str | Path, dataset) -> ProposalStore:
             f"(fingerprint {store.manifest.get('dataset_fingerprint')}), not for {getattr(dataset, 'name', '?')!r} "
             f"(fingerprint {fingerprint}); generate a store for this dataset"
         )
-    store._expected_sizes = {record.image_id: (int(record.height), int(record.width)) for record in dataset}
+    store._dataset = dataset
+    store._index = {record.image_id: index for index, record in enumerate(dataset)}
     return store
 
 
@@ -189,11 +272,11 @@ def open_store(path: str | Path, dataset) -> ProposalStore:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(dataset, method: str, params: dict[str, Any], entries: str) -> None:
+def _init_worker(dataset, method: str, params: dict[str, Any], entries: str, depends_on: list[str]) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # one core per worker: the pool is the parallelism
-    _WORKER.update(dataset=dataset, method=get_method(method), params=params, entries=Path(entries))
+    _WORKER.update(dataset=dataset, method=get_method(method), params=params, entries=Path(entries), depends_on=depends_on)
 
 
 def _make_entry(index: int) -> str:
@@ -202,11 +285,23 @@ def _make_entry(index: int) -> str:
     image = dataset.load_image(index)
     if image.shape[:2] != (record.height, record.width):
         raise InputError(f"image {record.image_id!r} is {image.shape[0]}x{image.shape[1]} but its record says {record.height}x{record.width}")
+    provenance = image_provenance(dataset, index, _WORKER["depends_on"])
     start = time.perf_counter()
     units, members, scores = method.run(image, record.boxes, record.image_id, **_WORKER["params"])
     seconds = time.perf_counter() - start
-    write_entry(_WORKER["entries"] / entry_filename(record.image_id), units, members, scores, seconds)
+    write_entry(_WORKER["entries"] / entry_filename(record.image_id), units, members, scores, seconds, provenance)
     return record.image_id
+
+
+def _is_current(path: Path, dataset, index: int, depends_on: list[str]) -> bool:
+    """Whether the entry at ``path`` exists, reads, and was made from the image's current boxes/file."""
+    if not path.is_file():
+        return False
+    try:
+        stored = read_entry(path).provenance
+    except InputError:
+        return False  # damaged: rebuild it
+    return all(stored.get(name) == digest for name, digest in image_provenance(dataset, index, depends_on).items())
 
 
 def _json_safe(params: dict[str, Any]) -> dict[str, Any]:
@@ -219,15 +314,19 @@ def generate_proposals(dataset, method: str, out_dir: str | Path, workers: int =
 
     dataset: a ``boxsup_ext.data`` dataset (records with image_id/height/width/boxes, load_image,
     fingerprint). method: a registered method name. workers: processes (1 = in this process).
-    params: options passed to the method and recorded in the manifest. Resumable: entries already
-    present are skipped; an existing store made with another method, other params or for another
-    dataset is refused. Returns the store opened for ``dataset``.
+    params: options passed to the method (checked against its signature before anything is
+    written) and recorded in the manifest. Resumable: entries already present and current are
+    skipped, entries whose image's boxes or file changed since are rebuilt; an existing store made
+    with another method, other params or for other images is refused, unless it holds no entry yet
+    (then it is replaced). Returns the store opened for ``dataset``.
     """
-    get_method(method)  # unknown names fail before anything is written
+    chosen = get_method(method)  # unknown names fail before anything is written
     if int(workers) < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
+    chosen.check_options(params)
     root = Path(out_dir)
     params = _json_safe(params)
+    depends_on = method_dependencies(chosen)
     manifest = {
         "format_version": FORMAT_VERSION,
         "method": method,
@@ -235,24 +334,28 @@ def generate_proposals(dataset, method: str, out_dir: str | Path, workers: int =
         "dataset_name": str(getattr(dataset, "name", "")),
         "dataset_fingerprint": dataset.fingerprint(),
         "image_count": len(dataset),
+        "depends_on": depends_on,
     }
+    entries = root / ENTRIES
     if (root / MANIFEST).exists():
-        existing = _read_manifest(root)
+        existing = _read_manifest(root, versions=(1, FORMAT_VERSION))  # a version-1 store's entries are rebuilt below
+        built = any(entries.glob("*.npz"))  # a store without entries yet (e.g. a refused run) is replaced
         for key in ("method", "params", "dataset_fingerprint"):
-            if existing.get(key) != manifest[key]:
+            if built and existing.get(key) != manifest[key]:
                 raise InputError(
                     f"{root / MANIFEST}: existing store has {key} {existing.get(key)!r}, this run asks for {manifest[key]!r}; "
                     "choose another output directory (a store holds one dataset, method and parameter set)"
                 )
     atomic_write_json(root / MANIFEST, dict(manifest, complete=False))
-    entries = root / ENTRIES
     entries.mkdir(parents=True, exist_ok=True)
-    todo = [i for i, record in enumerate(dataset) if not (entries / entry_filename(record.image_id)).is_file()]
+    todo = [
+        i for i, record in enumerate(dataset) if not _is_current(entries / entry_filename(record.image_id), dataset, i, depends_on)
+    ]
 
     from tqdm import tqdm
 
     bar = tqdm(total=len(dataset), initial=len(dataset) - len(todo), desc=f"proposals ({method})", unit="img", disable=not progress)
-    init_args = (dataset, method, params, str(entries))
+    init_args = (dataset, method, params, str(entries), depends_on)
     try:
         if int(workers) == 1 or len(todo) <= 1:
             _init_worker(*init_args)
