@@ -28,9 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from boxsup_ext.data.palette import IGNORE_LABEL  # its one home: the torch-free data package
 from boxsup_ext.models import image_to_tensor, predict_logits
-
-IGNORE_LABEL = 255
 
 
 def cost_ops() -> Any:

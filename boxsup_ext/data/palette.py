@@ -18,6 +18,8 @@ from boxsup_ext.utils import InputError, atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]
 
+IGNORE_LABEL = 255  # label-map value of pixels that count for nothing (VOC's void)
+
 
 def voc_palette() -> list[int]:
     """The 256-entry VOC palette as a flat list of 768 ints (R, G, B per index, 0..255).
