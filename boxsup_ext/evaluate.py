@@ -1,16 +1,22 @@
 """Evaluate a trained segmentation model: mIoU, per-class IoU, pixel accuracy, trimap analysis.
 
-    python -m boxsup_ext.evaluate --run RUN [--split val] [--crf] [--scales 0.8,1.0,1.2] [--flip]
-        [--trimap 1,2,4,8] [--out DIR]
+    python -m boxsup_ext.evaluate --run RUN [--checkpoint-kind final|best] [--split val] [--crf]
+        [--scales 0.8,1.0,1.2] [--flip] [--trimap 1,2,4,8] [--out DIR]
     python -m boxsup_ext.evaluate --checkpoint FILE --dataset ROOT [--kind voc] --split val --out DIR
 
 Writes ``DIR/metrics.json`` (see ``ConfusionAccumulator.results``, plus ``settings``), the printed
 table as ``DIR/table.txt``, the predictions as VOC-palette PNGs in ``DIR/predictions/`` (reused
 when the command is run again with the same checkpoint and settings, so an interrupted evaluation
 resumes) and, with ``--trimap``, the boundary/interior plot ``DIR/trimap.png``. With ``--run`` the
-dataset is the run's validation split, the checkpoint ``checkpoints/best.pt`` (else
-``latest.pt``), ``--out`` defaults to ``RUN/eval/<split>[-ms][-flip][-crf]`` and the metrics are
-also copied to ``RUN/metrics/eval_<split>[...].json``.
+dataset is the run's validation split and the checkpoint the run's final one
+(``checkpoints/latest.pt``); ``--checkpoint-kind best`` takes ``checkpoints/best.pt`` instead, the
+epoch with the best mIoU on the validation split, which makes a score on that same split
+optimistic: the output says ``best-on-val``. ``--out`` defaults to
+``RUN/eval/<split>[-best][-ms][-flip][-crf]`` and the metrics are also copied to
+``RUN/metrics/eval_<split>[...].json``.
+
+Files in DIR that this command did not write are never replaced unless ``--overwrite`` is given
+(``DIR/.boxsup-outputs.json`` records what it wrote), and nothing is written when an argument is bad.
 """
 
 from __future__ import annotations
@@ -29,22 +35,39 @@ from boxsup_ext.evaluation.evaluator import (
     prepare_prediction_dir,
     settings_from_args,
 )
-from boxsup_ext.evaluation.rundir import check_run_dir, open_dataset_arg, run_checkpoint, run_data_source
+from boxsup_ext.evaluation.rundir import CHECKPOINT_KINDS, check_run_dir, open_dataset_arg, run_checkpoint, run_data_source
 from boxsup_ext.evaluation.trimap import parse_widths
-from boxsup_ext.utils import InputError, atomic_write, atomic_write_json, run_cli
+from boxsup_ext.utils import InputError, OutputManifest, atomic_write_json, ensure_output_dir, run_cli
+
+CHECKPOINT_NOTES = {
+    "final": "final checkpoint of the run",
+    "latest": "latest checkpoint; the run has not finished",
+    "best-on-val": "best epoch by mIoU on the validation split: optimistic on that split",
+    "given": "given with --checkpoint",
+}
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m boxsup_ext.evaluate", description=__doc__.split("\n\n")[0])
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--run", type=Path, help="trainer run directory (its best checkpoint and validation split)")
+    which.add_argument("--run", type=Path, help="trainer run directory (its final checkpoint and validation split)")
     which.add_argument("--checkpoint", type=Path, help="a checkpoint file written by boxsup_ext.train")
+    parser.add_argument(
+        "--checkpoint-kind",
+        choices=CHECKPOINT_KINDS,
+        help="with --run: final (default, checkpoints/latest.pt) or best (best.pt, chosen by mIoU on the "
+        "validation split, so a score on that split is optimistic)",
+    )
     parser.add_argument("--dataset", help="dataset root (required with --checkpoint; overrides the run's)")
     parser.add_argument("--kind", help="dataset kind: voc, voc07, coco, folder, synthetic (default: the run's, else voc)")
     parser.add_argument("--split", help="split to evaluate (default: the run's validation split, else val)")
     parser.add_argument("--trimap", help="trimap band widths in pixels, e.g. 1,2,4,8 (the paper's Figure 4)")
     parser.add_argument("--out", type=Path, help="output directory (required with --checkpoint)")
-    parser.add_argument("--overwrite", action="store_true", help="discard predictions made with other settings in --out")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard predictions made with other settings in --out, and replace files there this command did not write",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_inference_arguments(parser)
     return parser
@@ -52,6 +75,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _tag(split: str, args: argparse.Namespace) -> str:
     tag = split
+    if args.checkpoint_kind == "best":
+        tag += "-best"
     if args.scales.replace(" ", "") not in ("1", "1.0"):
         tag += "-ms"
     if args.flip:
@@ -67,7 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     widths = parse_widths(args.trimap) if args.trimap else ()
     if args.run is not None:
         run_dir = check_run_dir(args.run)
-        checkpoint = run_checkpoint(run_dir)
+        checkpoint, checkpoint_kind = run_checkpoint(run_dir, args.checkpoint_kind or "final")
         source = run_data_source(run_dir, "val") if not (args.dataset and args.kind) else {}
         root = args.dataset or source["root"]
         kind = args.kind or source.get("kind", "voc")
@@ -75,11 +100,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = args.out or run_dir / "eval" / _tag(split, args)
     else:
         run_dir = None
-        checkpoint = args.checkpoint
+        checkpoint, checkpoint_kind = args.checkpoint, "given"
+        if args.checkpoint_kind:
+            raise InputError("--checkpoint-kind chooses among a run's checkpoints; use it with --run, not --checkpoint")
         if not args.dataset or not args.out:
             raise InputError("--checkpoint needs --dataset ROOT and --out DIR")
         root, kind, split, out = args.dataset, args.kind or "voc", args.split or "val", args.out
 
+    ensure_output_dir(out, "--out", create=False)
+    ensure_output_dir(out / "predictions", "predictions folder", create=False)
+    outputs = OutputManifest(out, "boxsup_ext.evaluate", overwrite=args.overwrite)
+    result_files = ["metrics.json", "table.txt"] + (["trimap.png"] if widths else [])
+    outputs.check(result_files)
     dataset = open_dataset_arg(root, split, kind)
     predictor, meta = load_predictor(checkpoint, settings, args.device)
     if int(meta["num_classes"]) != dataset.num_classes:
@@ -92,21 +124,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     start = time.perf_counter()
     results = evaluate_dataset(predictor, dataset, widths, out / "predictions", progress=not args.no_progress)
-    results["settings"] = {**description, "kind": kind, "device": str(predictor.device)}
+    results["settings"] = {**description, "checkpoint_kind": checkpoint_kind, "kind": kind, "device": str(predictor.device)}
     results["time_s"] = round(time.perf_counter() - start, 3)
     if results["num_images"] == 0:
         raise InputError(f"dataset {root} ({split}) has no image with a ground-truth class map to evaluate")
 
-    table = format_results_table(results)
-    atomic_write_json(out / "metrics.json", results)
-    with atomic_write(out / "table.txt", "w") as handle:
-        handle.write(table + "\n")
-    if widths:
-        from boxsup_ext.figures import trimap_plot
+    heading = f"checkpoint: {checkpoint} ({CHECKPOINT_NOTES.get(checkpoint_kind, checkpoint_kind)})"
+    table = heading + "\n\n" + format_results_table(results)
+    outputs.claim(result_files)
+    try:
+        atomic_write_json(out / "metrics.json", results)
+        outputs.record("metrics.json")
+        outputs.write_bytes("table.txt", (table + "\n").encode())
+        if widths:
+            from boxsup_ext.figures import trimap_plot
 
-        trimap_plot([results], [run_dir.name if run_dir is not None else Path(checkpoint).stem], out / "trimap.png")
+            trimap_plot([results], [run_dir.name if run_dir is not None else Path(checkpoint).stem], out / "trimap.png")
+            outputs.record("trimap.png")
+    finally:
+        outputs.save()
     if run_dir is not None:
-        atomic_write_json(run_dir / "metrics" / f"eval_{out.name}.json", results)
+        copy = run_dir / "metrics" / f"eval_{out.name}.json"
+        try:
+            ensure_output_dir(copy.parent, "run metrics folder", create=False)
+            atomic_write_json(copy, results)
+        except InputError as err:
+            print(f"note: metrics not copied into the run ({err})", file=sys.stderr)
     print(table)
     print(f"\nwrote {out / 'metrics.json'} ({results['num_images']} images, {results['time_s']:.1f} s)")
     return 0

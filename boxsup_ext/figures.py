@@ -32,7 +32,7 @@ from boxsup_ext.evaluation.rundir import (
     snapshot_epochs,
     snapshot_path,
 )
-from boxsup_ext.utils import InputError, atomic_write_bytes, run_cli
+from boxsup_ext.utils import InputError, atomic_write_bytes, ensure_output_dir, run_cli
 
 MAX_DEFAULT_EPOCHS = 5
 
@@ -324,7 +324,7 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--out", required=True, type=Path, help="output PNG path")
+        sub.add_argument("--out", required=True, type=Path, help="output PNG file (you name it, so an existing file there is replaced)")
         sub.add_argument("--dpi", type=int, default=100, help="pixels per inch of the PNG (default 100)")
 
     evo = commands.add_parser("mask-evolution", help="Figure 3: estimated labels over epochs")
@@ -355,6 +355,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.dpi < 10:
         raise InputError(f"--dpi must be at least 10, got {args.dpi}")
+    if args.out.is_dir():
+        raise InputError(f"--out {args.out} is a folder; give the PNG file to write, e.g. {args.out / (args.command + '.png')}")
+    ensure_output_dir(args.out.parent, "--out folder", create=False)
     if args.command == "mask-evolution":
         run_dir = check_run_dir(args.run)
         source = run_data_source(run_dir, "train") if not (args.dataset and args.kind and args.split) else {}

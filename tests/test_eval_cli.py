@@ -85,19 +85,45 @@ def test_checkpoint_evaluation_matches_independent_miou_and_resumes(synthetic, t
     assert results["miou"] == pytest.approx(_independent_miou(dataset, out / "predictions")[0])
 
 
-def test_run_directory_defaults(synthetic, tmp_path):
+def test_run_directory_defaults_to_the_final_checkpoint(synthetic, tmp_path, capsys):
+    """``--run`` scores the run's final checkpoint (latest.pt); best.pt, picked by mIoU on the same
+    validation split, only with ``--checkpoint-kind best``, in its own folder and labelled so."""
     root, dataset = synthetic
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     _checkpoint(run / "checkpoints" / "latest.pt", dataset.num_classes)
+    best = build_model("tiny_fcn", dataset.num_classes, width=4)  # untrained: predicts something else
+    atomic_save_torch({"model": best.state_dict(), "model_meta": model_meta(best), "config": {}, "epoch": 1}, run / "checkpoints" / "best.pt")
     config = {"data": {"train": [{"kind": "synthetic", "root": str(root), "split": "train"}],
                        "val": {"kind": "synthetic", "root": str(root), "split": "val"}}}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     assert evaluate.main(["--run", str(run), "--no-progress"]) == 0
     results = json.loads((run / "eval" / "val" / "metrics.json").read_text())
     assert results["num_images"] == 3
+    assert results["settings"]["checkpoint"].endswith("latest.pt")
+    assert results["settings"]["checkpoint_kind"] == "latest"  # no train_summary.json: not finished
+    assert "the run has not finished" in capsys.readouterr().out
     assert json.loads((run / "metrics" / "eval_val.json").read_text())["miou"] == results["miou"]
     assert len(list((run / "eval" / "val" / "predictions").glob("*.png"))) == 3
+
+    (run / "metrics" / "train_summary.json").write_text("{}")
+    assert evaluate.main(["--run", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "eval" / "val" / "metrics.json").read_text())["settings"]["checkpoint_kind"] == "final"
+    assert "final checkpoint of the run" in (run / "eval" / "val" / "table.txt").read_text()
+
+    assert evaluate.main(["--run", str(run), "--checkpoint-kind", "best", "--no-progress"]) == 0
+    chosen = json.loads((run / "eval" / "val-best" / "metrics.json").read_text())
+    assert chosen["settings"]["checkpoint"].endswith("best.pt") and chosen["settings"]["checkpoint_kind"] == "best-on-val"
+    assert "optimistic" in (run / "eval" / "val-best" / "table.txt").read_text()
+    assert chosen["confusion_matrix"] != results["confusion_matrix"]
+    assert (run / "metrics" / "eval_val-best.json").is_file()
+
+    (run / "checkpoints" / "best.pt").unlink()
+    with pytest.raises(InputError, match="best.pt does not exist"):
+        evaluate.main(["--run", str(run), "--checkpoint-kind", "best", "--no-progress"])
+    (run / "checkpoints" / "latest.pt").unlink()
+    with pytest.raises(InputError, match="latest.pt does not exist"):
+        evaluate.main(["--run", str(run), "--no-progress"])
 
 
 def test_user_errors(synthetic, tmp_path):
@@ -111,5 +137,7 @@ def test_user_errors(synthetic, tmp_path):
         evaluate.main(["--run", str(tmp_path)])
     with pytest.raises(InputError, match="does not exist"):
         evaluate.main(["--checkpoint", str(tmp_path / "missing.pt"), "--dataset", str(root), "--kind", "synthetic", "--out", str(tmp_path / "o")])
+    with pytest.raises(InputError, match="--checkpoint-kind .* use it with --run"):
+        evaluate.main(["--checkpoint", str(ckpt), "--dataset", str(root), "--out", str(tmp_path / "o"), "--checkpoint-kind", "best"])
     with pytest.raises(InputError, match="--crf-params needs --crf"):
         evaluate.main(["--checkpoint", str(ckpt), "--dataset", str(root), "--out", str(tmp_path / "o"), "--crf-params", "bi_w=3"])

@@ -33,7 +33,7 @@ def test_predict_files_and_folders_skipping_unreadable(tmp_path, capsys):
     assert status == 1
     assert "broken.png" in captured.err and "skipped 1 unreadable" in captured.out
     assert sorted(p.name for p in out.iterdir()) == [
-        "a.png", "a_2.png", "a_2_overlay.png", "a_overlay.png", "sub__b.png", "sub__b_overlay.png"]
+        ".boxsup-outputs.json", "a.png", "a_2.png", "a_2_overlay.png", "a_overlay.png", "sub__b.png", "sub__b_overlay.png"]
 
     predictor, _ = load_predictor(ckpt, InferenceSettings(flip=True, crf=CRFParams(iterations=2)), "cpu")
     label = load_label_png(out / "a.png")

@@ -185,22 +185,23 @@ def prepare_prediction_dir(pred_dir: Path, description: dict[str, Any], overwrit
     """Make ``pred_dir`` ready for resumable predictions made under ``description``.
 
     The directory records the checkpoint and settings in ``settings.json``; PNGs left by an earlier
-    run are reused only when that record matches. A mismatch is an :class:`InputError` unless
-    ``overwrite``, which deletes the stale PNGs.
+    run are reused only when that record matches. A mismatch, or PNGs without a record (not made
+    by this command, so neither reusable as predictions nor ours to delete), is an
+    :class:`InputError` unless ``overwrite``, which deletes the stale PNGs.
     """
     record_path = pred_dir / "settings.json"
     fingerprint = _settings_fingerprint(description)
-    if record_path.is_file():
+    if record_path.is_file() or any(pred_dir.glob("*.png")):
         try:
             previous = json.loads(record_path.read_text()).get("fingerprint")
         except (OSError, ValueError, AttributeError):
             previous = None
         if previous != fingerprint:
             if not overwrite:
-                raise InputError(
-                    f"{pred_dir} holds predictions made with another checkpoint or settings; "
-                    "pass --overwrite or choose another --out"
+                what = "predictions made with another checkpoint or settings" if record_path.is_file() else (
+                    "PNGs without a settings.json, which this command did not write"
                 )
+                raise InputError(f"{pred_dir} holds {what}; pass --overwrite to replace them or choose another --out")
             for stale in pred_dir.glob("*.png"):
                 stale.unlink()
     pred_dir.mkdir(parents=True, exist_ok=True)
@@ -340,14 +341,39 @@ def settings_from_args(args: Any) -> InferenceSettings:
     )
 
 
+def resolve_device(device: Optional[str], what: str = "--device") -> torch.device:
+    """The torch device a ``--device`` value names (None: cuda when a GPU is visible, else cpu),
+    after checking this machine has it, so that a missing GPU is reported as such rather than as a
+    failure of whatever first touches the device (loading a checkpoint onto it, say)."""
+    if not device:
+        return default_device()
+    try:
+        target = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"{what} {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"{what} {device}: CUDA requested but not available on this machine; use {what} cpu")
+        count = torch.cuda.device_count()
+        if target.index is not None and target.index >= count:
+            raise InputError(f"{what} {device}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1}); pick one of them")
+    elif target.type == "meta":
+        raise InputError(f"{what} meta holds no data and cannot run a model; use {what} cpu or cuda")
+    elif target.type != "cpu":
+        try:
+            torch.empty(0, device=target)
+        except Exception as err:  # noqa: BLE001 - only the allocation runs here: any failure means the device is unusable
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+            raise InputError(f"{what} {device} is not available on this machine ({reason}); use {what} cpu") from None
+    return target
+
+
 def load_predictor(checkpoint: Path, settings: InferenceSettings, device: Optional[str] = None) -> tuple[LabelPredictor, dict[str, Any]]:
-    """A :class:`LabelPredictor` for a trainer checkpoint, and the checkpoint's ``model_meta``."""
+    """A :class:`LabelPredictor` for a trainer checkpoint, and the checkpoint's ``model_meta``.
+    ``device`` is a ``--device`` value (see :func:`resolve_device`)."""
     from boxsup_ext.models import IMAGENET_MEAN, IMAGENET_STD, load_model_from_checkpoint
 
-    try:
-        target = torch.device(device) if device else default_device()
-    except RuntimeError:
-        raise InputError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    target = resolve_device(device)
     model, meta = load_model_from_checkpoint(checkpoint, map_location=target)
     mean = meta.get("mean", IMAGENET_MEAN)
     std = meta.get("std", IMAGENET_STD)

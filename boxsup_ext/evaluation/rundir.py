@@ -1,7 +1,8 @@
 """Read the pieces of a trainer run directory that evaluation and figures need.
 
 Layout (written by ``boxsup_ext.train``): ``config.yaml``, ``checkpoints/{best,latest}.pt``,
-``labels/snapshots/epoch_<NNN>/<image_id>.png``, ``log.jsonl``, ``metrics/*.json``.
+``labels/snapshots/epoch_<NNN>/<image_id>.png``, ``log.jsonl``, ``metrics/*.json`` (with
+``metrics/train_summary.json`` once the run has finished).
 """
 
 from __future__ import annotations
@@ -38,13 +39,30 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     return config
 
 
-def run_checkpoint(run_dir: Path) -> Path:
-    """``checkpoints/best.pt`` of a run, else ``checkpoints/latest.pt``."""
-    for name in ("best.pt", "latest.pt"):
-        path = check_run_dir(run_dir) / "checkpoints" / name
-        if path.is_file():
-            return path
-    raise InputError(f"{run_dir}/checkpoints has neither best.pt nor latest.pt; has the run finished an epoch?")
+CHECKPOINT_KINDS = ("final", "best")
+
+
+def run_checkpoint(run_dir: Path, kind: str = "final") -> tuple[Path, str]:
+    """The checkpoint of a run to evaluate, and a label for it.
+
+    ``kind="final"`` (the default) is ``checkpoints/latest.pt``: labelled ``"final"`` when the run
+    has finished (``metrics/train_summary.json`` exists), else ``"latest"``. ``kind="best"`` is
+    ``checkpoints/best.pt``, the epoch with the highest validation mIoU; scoring it on that same
+    split is optimistic, and its label ``"best-on-val"`` says so.
+    """
+    run_dir = check_run_dir(run_dir)
+    if kind not in CHECKPOINT_KINDS:
+        raise InputError(f"--checkpoint-kind must be one of {', '.join(CHECKPOINT_KINDS)}, got {kind!r}")
+    if kind == "best":
+        path = run_dir / "checkpoints" / "best.pt"
+        if not path.is_file():
+            raise InputError(f"{path} does not exist; has the run validated an epoch? (the default --checkpoint-kind final uses latest.pt)")
+        return path, "best-on-val"
+    path = run_dir / "checkpoints" / "latest.pt"
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; has the run finished an epoch?")
+    finished = (run_dir / "metrics" / "train_summary.json").is_file()
+    return path, "final" if finished else "latest"
 
 
 def run_data_source(run_dir: Path, which: str = "val") -> dict[str, Any]:

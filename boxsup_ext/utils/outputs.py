@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
@@ -50,9 +51,15 @@ def ensure_output_dir(path: PathLike, what: str = "output folder", create: bool 
         existing = existing.parent
     if not existing.is_dir():
         raise InputError(f"{what} {path} cannot be created: {existing} is a file; give a folder path outside it")
+    where = "" if existing == path else f" (its parent {existing} is not writable)"
     if not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == path else f" (its parent {existing} is not writable)"
         raise InputError(f"{what} {path} is not writable{where}; choose a folder you can write to")
+    try:
+        # access() trusts the permission bits, which root bypasses; some filesystems refuse anyway
+        # (sysfs, NFS with root squashing). Creating and removing a folder is the real test.
+        os.rmdir(tempfile.mkdtemp(prefix=".boxsup-probe-", dir=existing))
+    except OSError as err:
+        raise InputError(f"{what} {path} is not writable{where} ({err.strerror or err}); choose a folder you can write to") from None
     if create:
         try:
             path.mkdir(parents=True, exist_ok=True)

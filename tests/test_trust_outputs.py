@@ -1,0 +1,348 @@
+"""Catalogue of output-side faults (issue 9): what the commands write, where, with which
+permissions, what they refuse to replace, and the one line a user sees when an output path or a
+device is wrong. Every case runs the real command through ``run_cli`` (exit status 2, one line on
+stderr naming the path or argument and what to do) and checks that nothing was written."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from boxsup_ext import evaluate, figures, predict
+from boxsup_ext.data import load_label_png, open_dataset, save_label_png
+from boxsup_ext.data.synthetic import generate
+from boxsup_ext.proposals.__main__ import main as proposals_main
+from boxsup_ext.utils import (
+    InputError,
+    OutputManifest,
+    atomic_save_torch,
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_output_dir,
+    run_cli,
+)
+from test_eval_cli import _checkpoint
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = generate(tmp_path_factory.mktemp("syn") / "data", num_train=1, num_val=2, seed=3, height=24, width=32)
+    return root, open_dataset(root, "val", kind="synthetic").num_classes
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, synthetic):
+    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", synthetic[1])
+
+
+def _photo(path: Path, seed: int = 0) -> bytes:
+    array = np.random.default_rng(seed).integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path.read_bytes()
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes (to show a refused command wrote nothing)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _refused(main, argv, capsys, *needles: str) -> str:
+    """Run a CLI main through run_cli; it must exit 2 with one stderr line holding every needle."""
+    capsys.readouterr()
+    status = run_cli(main, [str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert status == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for needle in needles:
+        assert str(needle) in err, (needle, err)
+    return err
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and restore it afterwards."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield os.umask
+    os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# --------------------------------------------------------------------------- file permissions (10)
+
+WRITERS = {
+    "json": lambda path: atomic_write_json(path, {"a": 1}),
+    "bytes": lambda path: atomic_write_bytes(path, b"data"),
+    "torch": lambda path: atomic_save_torch({"w": torch.zeros(2)}, path),
+    "png": lambda path: save_label_png(path, np.zeros((3, 4), np.uint8)),
+}
+
+
+@pytest.mark.parametrize("family", sorted(WRITERS))
+@pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_honour_the_umask(tmp_path, umask, family, mask, expected):
+    umask(mask)
+    target = tmp_path / f"out.{family}"
+    WRITERS[family](target)
+    assert _mode(target) == expected
+    # Replacing an existing file: the new one gets the umask's mode too, and no temp file is left.
+    target.chmod(0o600 if expected != 0o600 else 0o644)
+    WRITERS[family](target)
+    assert _mode(target) == expected
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_predict_outputs_honour_the_umask(tmp_path, checkpoint, umask):
+    umask(0o022)
+    _photo(tmp_path / "in" / "x.jpg")
+    assert predict.main(["--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 0
+    modes = {p.name: _mode(p) for p in (tmp_path / "out").iterdir()}
+    assert modes == {".boxsup-outputs.json": 0o644, "x.png": 0o644, "x_overlay.png": 0o644}
+
+
+# --------------------------------------------------------------------------- predict never overwrites (3)
+
+
+def test_predict_never_replaces_a_users_file(tmp_path, checkpoint, capsys):
+    out = tmp_path / "out"
+    photo = _photo(out / "x.png", seed=1)
+    _photo(tmp_path / "in" / "x.jpg", seed=2)
+    before = _tree(out)
+    argv = ["--checkpoint", checkpoint, tmp_path / "in" / "x.jpg", "--out", out]
+    _refused(predict.main, argv, capsys, out / "x.png", "--overwrite")
+    assert _tree(out) == before and (out / "x.png").read_bytes() == photo
+
+    assert run_cli(predict.main, [str(a) for a in argv + ["--overwrite"]]) == 0
+    label = load_label_png(out / "x.png")
+    assert label.shape == (12, 16) and (out / "x.png").read_bytes() != photo
+
+    # Its own outputs are replaced on a rerun without asking ...
+    assert run_cli(predict.main, [str(a) for a in argv]) == 0
+    np.testing.assert_array_equal(load_label_png(out / "x.png"), label)
+    # ... unless the user has since changed one: then it is the user's file.
+    (out / "x_overlay.png").write_bytes(photo)
+    _refused(predict.main, argv, capsys, out / "x_overlay.png", "--overwrite")
+    assert (out / "x_overlay.png").read_bytes() == photo
+
+
+def test_predict_refuses_before_writing_anything_when_only_the_overlay_collides(tmp_path, checkpoint, capsys):
+    out = tmp_path / "out"
+    notes = out / "a_overlay.png"
+    _photo(notes, seed=4)
+    _photo(tmp_path / "in" / "a.png", seed=5)
+    before = _tree(out)
+    _refused(predict.main, ["--checkpoint", checkpoint, tmp_path / "in", "--out", out], capsys, notes, "--overwrite")
+    assert _tree(out) == before
+    # Without overlays the label map alone is free to write.
+    assert predict.main(["--checkpoint", str(checkpoint), str(tmp_path / "in"), "--out", str(out), "--no-overlay"]) == 0
+    assert (out / "a.png").is_file() and _tree(out)["a_overlay.png"] == before["a_overlay.png"]
+
+
+def test_predict_into_its_input_folder_skips_its_own_outputs(tmp_path, checkpoint, capsys):
+    folder = tmp_path / "photos"
+    _photo(folder / "a.jpg", seed=6)
+    argv = ["--checkpoint", str(checkpoint), str(folder), "--out", str(folder)]
+    assert predict.main(argv) == 0
+    assert predict.main(argv) == 0  # a rerun predicts a.jpg again, not a.png / a_overlay.png
+    assert "wrote 1 label maps" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == [".boxsup-outputs.json", "a.jpg", "a.png", "a_overlay.png"]
+
+
+def test_predict_names_never_collide_with_overlays(tmp_path):
+    _photo(tmp_path / "in" / "x.png")
+    _photo(tmp_path / "in" / "x_overlay.png")
+    _photo(tmp_path / "other" / "x.png")
+    names = [name for _, name in predict.collect_inputs([tmp_path / "in", tmp_path / "other" / "x.png"])]
+    files = [f for name in names for f in predict.output_files(name)]
+    assert len(files) == len(set(files)) == 6
+
+
+def test_manifest_with_garbage_vouches_for_nothing(tmp_path):
+    (tmp_path / ".boxsup-outputs.json").write_text("{not json")
+    (tmp_path / "x.png").write_bytes(b"mine")
+    with pytest.raises(InputError, match="x.png exists and was not written by tool; pass --overwrite"):
+        OutputManifest(tmp_path, "tool").check(["x.png"])
+    OutputManifest(tmp_path, "tool", overwrite=True).check(["x.png"])
+
+
+# --------------------------------------------------------------------------- evaluate never overwrites
+
+
+def _eval_argv(root, checkpoint, out, *extra):
+    return ["--checkpoint", checkpoint, "--dataset", root, "--kind", "synthetic", "--out", out, "--no-progress", *extra]
+
+
+def test_evaluate_never_replaces_a_users_file(tmp_path, synthetic, checkpoint, capsys):
+    root, _ = synthetic
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "table.txt").write_text("my notes\n")
+    _refused(evaluate.main, _eval_argv(root, checkpoint, out), capsys, out / "table.txt", "--overwrite")
+    assert _tree(out) == {"table.txt": b"my notes\n"}
+    assert run_cli(evaluate.main, [str(a) for a in _eval_argv(root, checkpoint, out, "--overwrite")]) == 0
+    assert "mean IoU" in (out / "table.txt").read_text()
+    assert run_cli(evaluate.main, [str(a) for a in _eval_argv(root, checkpoint, out)]) == 0  # its own files
+
+
+def test_evaluate_does_not_score_foreign_pngs_as_predictions(tmp_path, synthetic, checkpoint, capsys):
+    """PNGs in DIR/predictions without the settings record were not made by evaluate: reading them
+    back as predictions would be a silent wrong score."""
+    root, num_classes = synthetic
+    out = tmp_path / "eval"
+    dataset = open_dataset(root, "val", kind="synthetic")
+    for record in dataset:
+        save_label_png(out / "predictions" / f"{record.image_id}.png", np.zeros((24, 32), np.uint8))
+    before = _tree(out)
+    _refused(evaluate.main, _eval_argv(root, checkpoint, out), capsys, out / "predictions", "--overwrite")
+    assert _tree(out) == before
+
+
+# --------------------------------------------------------------------------- output paths (11)
+
+
+def _unwritable_dirs(tmp_path: Path) -> list[Path]:
+    """Folders this process cannot write to. Root ignores permission bits, so as root take system
+    folders the kernel refuses anyway: /proc/sys (access() says no) and /sys (access() says yes,
+    mkdir says EPERM)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "locked"
+        folder.mkdir()
+        folder.chmod(0o500)
+        return [folder]
+    found = [Path(p) for p in ("/proc/sys", "/sys") if os.path.isdir(p)]
+    if not found:
+        pytest.skip("running as root without /proc/sys or /sys to fail writing into")
+    return found
+
+
+def _out_cases(tmp_path: Path) -> dict[str, tuple[Path, tuple[str, ...]]]:
+    """``--out`` values that cannot be output folders, and what the message must say."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me\n")
+    return {
+        "file-as-folder": (a_file, ("is a file, not a folder",)),
+        "under-a-file": (a_file / "sub" / "deeper", ("cannot be created", str(a_file), "is a file")),
+    }
+
+
+def _commands(root, checkpoint, photo_dir, results, run):
+    """Each command that takes an output path, as argv builders taking the bad ``--out``."""
+    return {
+        "predict": (predict.main, lambda out: ["--checkpoint", checkpoint, photo_dir, "--out", out]),
+        "evaluate": (evaluate.main, lambda out: _eval_argv(root, checkpoint, out)),
+        "evaluate-run": (evaluate.main, lambda out: ["--run", run, "--out", out, "--no-progress"]),
+        "generate": (proposals_main, lambda out: ["generate", "--dataset", root, "--split", "val", "--method", "rectangles", "--out", out, "--no-progress"]),
+        "figures-trimap": (figures.main, lambda out: ["trimap", "--results", results, "--out", Path(out) / "t.png"]),
+        "figures-compare": (figures.main, lambda out: ["compare", "--results", results, "--out", Path(out) / "c.png"]),
+        "figures-curves": (figures.main, lambda out: ["curves", "--run", run, "--out", Path(out) / "c.png"]),
+    }
+
+
+@pytest.fixture
+def workspace(tmp_path, synthetic, checkpoint):
+    root, _ = synthetic
+    _photo(tmp_path / "photos" / "p.jpg")
+    results = tmp_path / "results" / "metrics.json"
+    results.parent.mkdir()
+    results.write_text(json.dumps({"miou": 0.5, "per_class_iou": {"a": 0.5}, "trimap": {"widths": [1], "boundary_miou": [0.4], "interior_miou": [0.6]}}))
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    os.link(checkpoint, run / "checkpoints" / "latest.pt")
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"val": {"kind": "synthetic", "root": str(root), "split": "val"}}}))
+    (run / "log.jsonl").write_text(json.dumps({"epoch": 1, "loss": 1.0}) + "\n")
+    return _commands(root, checkpoint, tmp_path / "photos", results, run)
+
+
+COMMANDS = ["predict", "evaluate", "evaluate-run", "generate", "figures-trimap", "figures-compare", "figures-curves"]
+
+
+@pytest.mark.parametrize("case", ["file-as-folder", "under-a-file"])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_bad_output_folder_is_one_line_and_writes_nothing(tmp_path, workspace, capsys, command, case):
+    bad, needles = _out_cases(tmp_path)[case]
+    main, argv = workspace[command]
+    before = _tree(tmp_path)
+    _refused(main, argv(bad), capsys, bad, *needles)
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_unwritable_output_folder_is_one_line_and_writes_nothing(tmp_path, workspace, capsys, command):
+    main, argv = workspace[command]
+    for locked in _unwritable_dirs(tmp_path):
+        before = _tree(tmp_path)
+        _refused(main, argv(locked / "boxsup_out"), capsys, locked, "not writable", "choose a folder you can write to")
+        assert _tree(tmp_path) == before and not (locked / "boxsup_out").exists()
+
+
+def test_figures_out_that_is_a_folder(tmp_path, workspace, capsys):
+    main, argv = workspace["figures-trimap"]
+    folder = tmp_path / "figs"
+    folder.mkdir()
+    args = argv(folder)[:-1] + [folder]
+    _refused(main, args, capsys, f"--out {folder} is a folder", "t")
+    assert list(folder.iterdir()) == []
+
+
+def test_evaluate_predictions_path_is_a_file(tmp_path, synthetic, checkpoint, capsys):
+    root, _ = synthetic
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "predictions").write_text("not a folder\n")
+    before = _tree(tmp_path)
+    _refused(evaluate.main, _eval_argv(root, checkpoint, out), capsys, out / "predictions", "is a file")
+    assert _tree(tmp_path) == before
+
+
+def test_ensure_output_dir_creates_and_checks(tmp_path):
+    made = ensure_output_dir(tmp_path / "a" / "b", "run directory")
+    assert made.is_dir()
+    assert ensure_output_dir(tmp_path / "c", create=False) == tmp_path / "c" and not (tmp_path / "c").exists()
+    (tmp_path / "f").write_text("")
+    with pytest.raises(InputError, match=r"^run directory .*f is a file, not a folder"):
+        ensure_output_dir(tmp_path / "f", "run directory")
+
+
+# --------------------------------------------------------------------------- devices (15)
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """This machine as one without a GPU, whatever it has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_cuda_requested_without_cuda_says_so(tmp_path, workspace, no_cuda, capsys, command):
+    main, argv = workspace[command]
+    before = _tree(tmp_path)
+    err = _refused(main, argv(tmp_path / "out") + ["--device", "cuda"], capsys,
+                   "--device cuda", "CUDA requested but not available", "--device cpu")
+    assert "checkpoint" not in err
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "device, needles",
+    [("cuda:7", ("cuda:7", "CUDA device(s)")), ("gpu0", ("'gpu0' is not a torch device",)), ("meta", ("--device meta",))],
+)
+def test_bad_devices(tmp_path, workspace, monkeypatch, capsys, device, needles):
+    if device.startswith("cuda"):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    main, argv = workspace["evaluate"]
+    _refused(main, argv(tmp_path / "out") + ["--device", device], capsys, *needles)
+    assert not (tmp_path / "out").exists()
