@@ -112,6 +112,18 @@ def test_predict_outputs_honour_the_umask(tmp_path, checkpoint, umask):
     assert modes == {".boxsup-outputs.json": 0o644, "x.png": 0o644, "x_overlay.png": 0o644}
 
 
+def test_store_and_evaluation_outputs_honour_the_umask(tmp_path, synthetic, checkpoint, umask):
+    root, _ = synthetic
+    umask(0o027)
+    store = tmp_path / "store"
+    assert proposals_main(["generate", "--dataset", str(root), "--split", "val", "--method", "rectangles",
+                           "--out", str(store), "--no-progress"]) == 0
+    out = tmp_path / "eval"
+    assert evaluate.main([str(a) for a in _eval_argv(root, checkpoint, out, "--trimap", "1")]) == 0
+    files = [p for p in [*store.rglob("*"), *out.rglob("*")] if p.is_file()]
+    assert len(files) > 8 and {p.name: _mode(p) for p in files if _mode(p) != 0o640} == {}
+
+
 # --------------------------------------------------------------------------- predict never overwrites (3)
 
 
@@ -294,6 +306,14 @@ def test_figures_out_that_is_a_folder(tmp_path, workspace, capsys):
     args = argv(folder)[:-1] + [folder]
     _refused(main, args, capsys, f"--out {folder} is a folder", "t")
     assert list(folder.iterdir()) == []
+
+
+def test_binary_log_is_one_line(tmp_path, workspace, capsys):
+    main, argv = workspace["figures-curves"]
+    run = Path(argv(tmp_path)[2])
+    (run / "log.jsonl").write_bytes(b"\xff\xfe\x00garbage")
+    _refused(main, argv(tmp_path / "figs"), capsys, run / "log.jsonl", "not readable as text")
+    assert not (tmp_path / "figs").exists()
 
 
 def test_evaluate_predictions_path_is_a_file(tmp_path, synthetic, checkpoint, capsys):

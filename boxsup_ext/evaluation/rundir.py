@@ -89,7 +89,10 @@ def read_log(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         raise InputError(f"{path} does not exist; give a run directory the trainer has logged to")
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path} is not readable as text ({err.__class__.__name__}); give a run directory's log.jsonl") from None
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
