@@ -184,7 +184,7 @@ def test_predict_names_never_collide_with_overlays(tmp_path):
 def test_manifest_with_garbage_vouches_for_nothing(tmp_path):
     (tmp_path / ".boxsup-outputs.json").write_text("{not json")
     (tmp_path / "x.png").write_bytes(b"mine")
-    with pytest.raises(InputError, match="x.png exists and was not written by tool; pass --overwrite"):
+    with pytest.raises(InputError, match=r"x.png exists and is not a file tool wrote there \(see .boxsup-outputs.json\); pass --overwrite"):
         OutputManifest(tmp_path, "tool").check(["x.png"])
     OutputManifest(tmp_path, "tool", overwrite=True).check(["x.png"])
 
@@ -259,6 +259,8 @@ def _commands(root, checkpoint, photo_dir, results, run):
         "figures-trimap": (figures.main, lambda out: ["trimap", "--results", results, "--out", Path(out) / "t.png"]),
         "figures-compare": (figures.main, lambda out: ["compare", "--results", results, "--out", Path(out) / "c.png"]),
         "figures-curves": (figures.main, lambda out: ["curves", "--run", run, "--out", Path(out) / "c.png"]),
+        "figures-mask-evolution": (figures.main, lambda out: ["mask-evolution", "--run", run, "--images", "train_000000", "--dataset", root,
+                                                              "--kind", "synthetic", "--split", "train", "--out", Path(out) / "m.png"]),
     }
 
 
@@ -277,7 +279,7 @@ def workspace(tmp_path, synthetic, checkpoint):
     return _commands(root, checkpoint, tmp_path / "photos", results, run)
 
 
-COMMANDS = ["predict", "evaluate", "evaluate-run", "generate", "figures-trimap", "figures-compare", "figures-curves"]
+COMMANDS = ["predict", "evaluate", "evaluate-run", "generate", "figures-trimap", "figures-compare", "figures-curves", "figures-mask-evolution"]
 
 
 @pytest.mark.parametrize("case", ["file-as-folder", "under-a-file"])

@@ -127,8 +127,8 @@ class OutputManifest:
             target = self.folder / name
             if (target.exists() or target.is_symlink()) and not self.made_by_us(name):
                 raise InputError(
-                    f"{target} exists and was not written by {self.command}; pass --overwrite to replace it "
-                    "or choose another --out"
+                    f"{target} exists and is not a file {self.command} wrote there (see {MANIFEST_NAME}); "
+                    "pass --overwrite to replace it or choose another --out"
                 )
 
     def claim(self, names: Iterable[str]) -> None:
