@@ -221,3 +221,146 @@ def test_entry_missing_an_array_is_damaged(tmp_path):
             archive.writestr(name, data)
     with pytest.raises(InputError, match=r"img\.npz: damaged proposal entry"):
         read_entry(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 6: class maps with ids outside the dataset's classes.
+
+
+def write_bad_class_map(root: Path) -> Path:
+    """Image a's class map with ids 30 and 40 (VOC has 21 classes) besides valid ids and ignore."""
+    label = np.zeros((30, 40), np.uint8)
+    label[0:10, 0:10] = 8
+    label[0, 0] = 255
+    label[20:22, 30:35] = 30
+    label[25, 5] = 40
+    path = root / "SegmentationClass" / "a.png"
+    save_label_png(path, label)
+    return path
+
+
+def test_class_ids_outside_the_classes_are_an_error_naming_file_and_ids(voc):
+    path = write_bad_class_map(voc)
+    dataset = open_dataset(voc, "trainval")
+    with pytest.raises(InputError, match=rf"{re.escape(str(path))}: class map holds ids 30, 40 \(11 pixels\) outside the dataset's 21 classes"):
+        dataset.load_class_map(dataset.index_of("a"))
+    # Training reads ground truth through the same loader (mask mode and semi-supervised images).
+    from boxsup_ext.train_utils.data import gt_label_map
+
+    with pytest.raises(InputError, match=r"a\.png: class map holds ids 30, 40"):
+        gt_label_map(dataset, dataset.index_of("a"))
+    assert dataset.load_class_map(dataset.index_of("b")).max() == 15  # a valid map still loads
+
+
+def test_data_check_reports_out_of_range_class_ids(voc, capsys):
+    path = write_bad_class_map(voc)
+    assert check_main([str(voc), "--split", "trainval"]) == 1
+    out = capsys.readouterr().out
+    assert "problems: 1" in out and f"{path}: class map holds ids 30, 40" in out
+
+
+def test_evaluate_refuses_out_of_range_class_ids(voc, tmp_path, capsys):
+    from boxsup_ext import evaluate
+    from test_eval_cli import _checkpoint
+
+    write_bad_class_map(voc)
+    checkpoint = _checkpoint(tmp_path / "model.pt", 21)
+    argv = ["--checkpoint", checkpoint, "--dataset", voc, "--split", "trainval", "--out", tmp_path / "eval", "--no-progress"]
+    status, err = run(evaluate.main, argv, capsys)
+    assert status == 2 and "a.png: class map holds ids 30, 40" in one_error_line(err)
+
+
+def test_folder_dataset_class_ids_outside_classes_are_reported(tmp_path):
+    root = tmp_path / "folder"
+    for sub in ("images", "labels", "splits"):
+        (root / sub).mkdir(parents=True)
+    (root / "classes.txt").write_text("background\nthing\n")
+    (root / "splits" / "train.txt").write_text("x\n")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / "x.png")
+    label = np.zeros((8, 8), np.uint8)
+    label[2:6, 2:6] = 1
+    label[7, 7] = 7
+    save_label_png(root / "labels" / "x.png", label)
+    with pytest.raises(InputError, match=r"labels/x\.png: class map holds ids 7 \(1 pixels\) outside the dataset's 2 classes"):
+        open_dataset(root, "train", kind="folder")
+
+
+# ---------------------------------------------------------------------------------------------
+# Item 7: COCO annotations that would silently drop an image, decode garbage, or crash.
+
+
+@pytest.fixture
+def coco(tmp_path):
+    return write_coco(tmp_path / "coco")
+
+
+def set_annotation(index: int, **fields):
+    def change(data):
+        for key, value in fields.items():
+            if value is None:
+                data["annotations"][index].pop(key, None)
+            else:
+                data["annotations"][index][key] = value
+
+    return change
+
+
+# annotation 21 is image 2's one VOC object (an airplane, compressed RLE); 11 an uncompressed-RLE person.
+BAD_COCO = {
+    "undefined category": (set_annotation(4, category_id=99), r"annotation 21: category_id 99 is not one of the file's categories"),
+    "text category": (set_annotation(4, category_id="5"), r"annotation 21: category_id '5' is not one of"),
+    "missing category": (set_annotation(4, category_id=None), r"annotation 21: category_id None is not one of"),
+    "missing bbox": (set_annotation(4, bbox=None), r"annotation 21: bbox must be 4 finite numbers \[x, y, width, height\], got None"),
+    "text bbox": (set_annotation(4, bbox=["a", 2, 10, 6]), r"annotation 21: bbox must be 4 finite numbers .*got \['a', 2, 10, 6\]"),
+    "short bbox": (set_annotation(4, bbox=[3, 2, 10]), r"annotation 21: bbox must be 4 finite numbers"),
+    "bbox not a list": (set_annotation(4, bbox="3 2 10 6"), r"annotation 21: bbox must be 4 finite numbers"),
+    "garbage compressed counts": (set_annotation(4, segmentation={"size": [20, 30], "counts": "garbage!!"}), r"annotation 21: RLE counts is not a valid compressed RLE string"),
+    "compressed counts too short": (set_annotation(4, segmentation={"size": [20, 30], "counts": "68"}), r"annotation 21: RLE counts cover 14 pixels, the 30x20 mask has 600"),
+    "non-ascii counts": (set_annotation(4, segmentation={"size": [20, 30], "counts": "é"}), r"annotation 21: RLE counts is not a valid compressed"),
+    "counts not text or list": (set_annotation(4, segmentation={"size": [20, 30], "counts": 5}), r"annotation 21: RLE counts must be a list of run lengths or"),
+    "negative run": (set_annotation(4, segmentation={"size": [20, 30], "counts": [700, -100]}), r"annotation 21: RLE counts must be non-negative integers"),
+    "runs not covering the mask": (set_annotation(4, segmentation={"size": [20, 30], "counts": [10, 20]}), r"annotation 21: RLE counts cover 30 pixels"),
+    "size not a pair": (set_annotation(4, segmentation={"size": 600, "counts": [600]}), r"annotation 21: mask size 600 differs"),
+    "polygon with text": (set_annotation(4, segmentation=[[3, 2, 13, 2, "x", 8]]), r"annotation 21: polygon segmentation needs .*finite numbers"),
+    "annotation without image_id": (set_annotation(4, image_id=None), r" annotation 21: image_id must be an integer, got None"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_COCO))
+def test_bad_coco_annotations_are_one_clear_error_or_skipped(coco, case):
+    change, message = BAD_COCO[case]
+    edit_annotations(coco, change)
+    with pytest.raises(InputError, match=rf"instances_val2017\.json.*{message}"):
+        open_dataset(coco, "val2017", kind="coco")
+    skipped = open_dataset(coco, "val2017", kind="coco", skip_bad=True)
+    assert [r.image_id for r in skipped] == ["000000000001"] and len(skipped.problems) == 1
+    assert "annotation 21" in skipped.problems[0]
+
+
+def test_bad_coco_images_and_categories(coco):
+    edit_annotations(coco, lambda d: d["images"][1].pop("file_name"))
+    with pytest.raises(InputError, match=r"instances_val2017\.json images\[1\]: an image needs an integer 'id' and a 'file_name'"):
+        open_dataset(coco, "val2017", kind="coco")
+    edit_annotations(coco, lambda d: d["categories"].append({"id": "x", "name": "thing"}))
+    with pytest.raises(InputError, match=r"instances_val2017\.json: 'categories' must be a list of"):
+        open_dataset(coco, "val2017", kind="coco")
+
+
+def test_compressed_rle_runs_match_pycocotools():
+    from pycocotools import mask as mask_utils
+
+    from boxsup_ext.data.coco import compressed_rle_runs
+
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1), (7, 5), (40, 33), (300, 2)]:
+        for density in (0.0, 0.1, 0.5, 1.0):
+            mask = (rng.random(shape) < density).astype(np.uint8)
+            mask[: shape[0] // 2] = 1 if density > 0.3 else mask[: shape[0] // 2]  # long runs: multi-digit counts
+            encoded = mask_utils.encode(np.asfortranarray(mask))
+            runs = compressed_rle_runs(encoded["counts"].decode("ascii"))
+            flat = mask.ravel(order="F")
+            expected = np.diff(np.flatnonzero(np.concatenate([[True], flat[1:] != flat[:-1], [True]])))
+            if flat[0]:
+                expected = np.concatenate([[0], expected])
+            np.testing.assert_array_equal(runs, expected)
+    assert compressed_rle_runs("") is None and compressed_rle_runs("0o") is None  # "o" = digit 63: a run cut off

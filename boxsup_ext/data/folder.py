@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from boxsup_ext.data.palette import load_label_png
+from boxsup_ext.data.palette import IGNORE_LABEL, load_label_png
 from boxsup_ext.data.records import (
     ImageRecord,
     PathLike,
@@ -32,6 +32,7 @@ from boxsup_ext.data.records import (
     check_label_size,
     clip_box,
     image_size,
+    load_class_map_png,
     load_rgb,
     mask_matches_image,
     read_id_list,
@@ -55,7 +56,7 @@ def class_map_components(class_map: np.ndarray, num_classes: int, min_area: int)
     components = np.zeros(class_map.shape, np.int32)
     labels: list[int] = []
     for cls in np.unique(class_map):
-        if cls == 0 or cls == 255 or cls >= num_classes:
+        if cls == 0 or cls == IGNORE_LABEL or cls >= num_classes:
             continue
         blobs, count = ndimage.label(class_map == cls, structure=np.ones((3, 3), bool))
         kept = np.flatnonzero(np.bincount(blobs.ravel(), minlength=count + 1)[1:] >= min_area) + 1
@@ -130,7 +131,7 @@ class FolderDataset(SegmentationDataset):
         if box_path.exists():
             objects = self._read_box_file(box_path, height, width, problems)
         else:
-            class_map = self._read_class_map(label_path, problems)
+            class_map = self._read_class_map(label_path, size, problems)
             if class_map is None:
                 return
             components, labels = class_map_components(class_map, self.num_classes, self.min_component_area)
@@ -144,9 +145,9 @@ class FolderDataset(SegmentationDataset):
         self._image_paths.append(image_path)
         self._box_files.append(box_path.exists())
 
-    def _read_class_map(self, path: Path, problems: ProblemLog) -> Optional[np.ndarray]:
+    def _read_class_map(self, path: Path, size: tuple[int, int], problems: ProblemLog) -> Optional[np.ndarray]:
         try:
-            return load_label_png(path)
+            return load_class_map_png(path, *size, self.num_classes)
         except InputError as err:
             problems.report(path, str(err).split(": ", 1)[-1])
             return None
@@ -177,6 +178,9 @@ class FolderDataset(SegmentationDataset):
             return None
         return stack_objects(boxes, labels, difficult)
 
+    def image_file(self, i: int) -> Path:
+        return self._image_paths[i]
+
     def load_image(self, i: int) -> np.ndarray:
         record = self.records[i]
         return load_rgb(self._image_paths[i], record.height, record.width)
@@ -184,7 +188,7 @@ class FolderDataset(SegmentationDataset):
     def load_class_map(self, i: int) -> Optional[np.ndarray]:
         record = self.records[i]
         path = self.root / "labels" / f"{record.image_id}.png"
-        return check_label_size(path, load_label_png(path), record.height, record.width)
+        return load_class_map_png(path, record.height, record.width, self.num_classes)
 
     def load_instances(self, i: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
         """Masks bool [M, H, W] from ``instances/<id>.png``, or the class-map components behind derived boxes."""

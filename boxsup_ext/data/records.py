@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from boxsup_ext.data.palette import IGNORE_LABEL, load_label_png
 from boxsup_ext.utils import InputError
 
 PathLike = Union[str, os.PathLike]
@@ -123,6 +124,34 @@ def check_label_size(path: Path, label: np.ndarray, height: int, width: int) -> 
     return label
 
 
+def class_id_problem(label: np.ndarray, num_classes: int) -> Optional[str]:
+    """Why a class map's values are not all class ids in [0, num_classes) or IGNORE_LABEL, or None."""
+    if not label.size or int(label.max()) < num_classes:
+        return None
+    counts = np.bincount(label.ravel(), minlength=IGNORE_LABEL + 1)
+    counts[:num_classes] = 0
+    counts[IGNORE_LABEL] = 0
+    bad = np.flatnonzero(counts)
+    if not bad.size:
+        return None
+    shown = ", ".join(str(v) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+    return (
+        f"class map holds ids {shown} ({int(counts.sum())} pixels) outside the dataset's {num_classes} classes "
+        f"(0..{num_classes - 1}, {IGNORE_LABEL} = ignore)"
+    )
+
+
+def load_class_map_png(path: Path, height: int, width: int, num_classes: int) -> np.ndarray:
+    """The one reader of ground-truth class map files: uint8 [H, W] from a label PNG, checked to
+    have the image's size and only ids of the dataset's classes (or ignore); InputError naming the
+    file otherwise. Training, evaluation and ``data check`` all read class maps through it."""
+    label = check_label_size(path, load_label_png(path), height, width)
+    problem = class_id_problem(label, num_classes)
+    if problem is not None:
+        raise InputError(f"{path}: {problem}; fix the file, or list every class in the dataset's classes.txt")
+    return label
+
+
 def clip_box(
     box: Sequence[float], height: int, width: int, path: PathLike, problems: ProblemLog
 ) -> Optional[np.ndarray]:
@@ -214,6 +243,13 @@ class SegmentationDataset(Sequence[ImageRecord]):
         for record in self.records:
             digest.update(f"{record.image_id}\t{record.height}\t{record.width}\n".encode())
         return digest.hexdigest()[:16]
+
+    def image_file(self, i: int) -> Optional[Path]:
+        """The file image ``i`` is decoded from, or None when it has no file of its own.
+
+        Proposal stores digest this file's bytes to tell when an image changed under them.
+        """
+        return None
 
     def load_image(self, i: int) -> np.ndarray:
         """Image ``i`` as np.uint8 [H, W, 3] RGB."""

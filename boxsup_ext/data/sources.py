@@ -85,6 +85,10 @@ class UnionDataset(SegmentationDataset):
                 self.records.append(dataclasses.replace(record, supervision=supervision))
                 self._members.append((dataset, index))
 
+    def image_file(self, i: int) -> Optional[Path]:
+        dataset, index = self._members[i]
+        return dataset.image_file(index)
+
     def load_image(self, i: int) -> np.ndarray:
         dataset, index = self._members[i]
         return dataset.load_image(index)

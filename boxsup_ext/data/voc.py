@@ -29,6 +29,7 @@ from boxsup_ext.data.records import (
     check_label_size,
     clip_box,
     image_size,
+    load_class_map_png,
     load_rgb,
     mask_matches_image,
     read_id_list,
@@ -202,6 +203,9 @@ class VOCDataset(SegmentationDataset):
     def _object_map_path(self, image_id: str) -> Path:
         return self.root / "SegmentationObject" / f"{image_id}.png"
 
+    def image_file(self, i: int) -> Path:
+        return self.image_path(self.records[i].image_id)
+
     def load_image(self, i: int) -> np.ndarray:
         record = self.records[i]
         return load_rgb(self.image_path(record.image_id), record.height, record.width)
@@ -211,7 +215,7 @@ class VOCDataset(SegmentationDataset):
         if path is None:
             return None
         record = self.records[i]
-        return check_label_size(path, load_label_png(path), record.height, record.width)
+        return load_class_map_png(path, record.height, record.width, self.num_classes)
 
     def load_instances(self, i: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
         """Masks bool [M, H, W] from ``SegmentationObject`` (id k + 1 = XML object k), or None."""
