@@ -368,3 +368,13 @@ def test_bad_devices(tmp_path, workspace, monkeypatch, capsys, device, needles):
     main, argv = workspace["evaluate"]
     _refused(main, argv(tmp_path / "out") + ["--device", device], capsys, *needles)
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- inference settings (12, predict part)
+
+
+@pytest.mark.parametrize("scales, needle", [("1e6", "above 4"), ("inf", "above 4"), ("nan", "positive"), ("1,-1", "positive")])
+def test_test_scales_that_cannot_run(tmp_path, workspace, capsys, scales, needle):
+    main, argv = workspace["predict"]
+    _refused(main, argv(tmp_path / "out") + ["--scales", scales], capsys, "--scales", needle)
+    assert not (tmp_path / "out").exists()

@@ -17,6 +17,7 @@ from boxsup_ext.utils import InputError
 
 DEFAULT_SCALES: tuple[float, ...] = (1.0,)
 PAPER_SCALES: tuple[float, ...] = (0.8, 1.0, 1.2)
+MAX_SCALE = 4.0
 
 
 def parse_scales(text: str) -> tuple[float, ...]:
@@ -25,8 +26,11 @@ def parse_scales(text: str) -> tuple[float, ...]:
         scales = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise InputError(f"--scales must be comma-separated numbers such as 0.8,1.0,1.2, got {text!r}") from None
-    if not scales or any(s <= 0 for s in scales):
+    if not scales or any(not s > 0 for s in scales):
         raise InputError(f"--scales needs at least one positive number, got {text!r}")
+    if any(s > MAX_SCALE for s in scales):
+        # Memory grows with the square of the scale: 1000 on a VOC image would need terabytes.
+        raise InputError(f"--scales above {MAX_SCALE:g} are refused (memory grows with the square of the scale), got {text!r}; the paper uses 0.8,1.0,1.2")
     return scales
 
 
