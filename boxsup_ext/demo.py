@@ -6,6 +6,9 @@ same schedule, evaluates each on the synthetic validation set (single scale, no 
 table and writes ``DIR/demo_results.json`` (mode -> {"miou", "seconds"}). Target: boxsup at least
 95% of mask's mIoU and at least 5 points above rectangles. ``configs/synthetic_boxsup.yaml`` holds
 the same settings for ``python -m boxsup_ext.train``.
+
+Running it again on the same ``--out`` reuses the dataset, the proposal stores and every finished
+run (an unfinished one is resumed), and prints the table again.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import copy
 from pathlib import Path
 from typing import Optional, Sequence
 
-from boxsup_ext.utils import InputError, atomic_write_json, run_cli
+from boxsup_ext.utils import InputError, atomic_write_json, ensure_output_dir, run_cli
 
 # The embedded default: the synthetic experiment's trainer settings (configs/synthetic_boxsup.yaml).
 DEMO_SETTINGS = {
@@ -81,30 +84,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a trainer config key for every mode (repeatable)")
     args = parser.parse_args(argv)
+    from boxsup_ext.config import MODES
     from boxsup_ext.train import train
-    from boxsup_ext.train_utils.synthetic_setup import prepare_synthetic
+    from boxsup_ext.train_utils.synthetic_setup import prepare_synthetic, store_dir
 
-    out = Path(args.out)
+    # Every argument is checked before anything is written.
+    for name, value in (("--num-train", args.num_train), ("--num-val", args.num_val), ("--workers", args.workers)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes:
         raise InputError("--modes is empty; give e.g. boxsup,rectangles,mask")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise InputError(f"--modes: unknown trainer mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    out = ensure_output_dir(args.out, "--out", create=False)
     methods = sorted({"selective_search" if m.startswith("boxsup") else m for m in modes if m != "mask"})
+    data_dir = out / "data"
+    stores = {method: store_dir(data_dir, method) for method in methods}
+    configs = {mode: demo_config(data_dir / "dataset", stores, mode, out / "runs" / mode, [f"run.seed={args.seed}"] + args.overrides)
+               for mode in modes}
     started = time.perf_counter()
-    setup = prepare_synthetic(out / "data", args.num_train, args.num_val, size=args.size, seed=args.seed,
-                              methods=methods, workers=args.workers, method_params=DEMO_PROPOSAL_PARAMS)
+    prepare_synthetic(data_dir, args.num_train, args.num_val, size=args.size, seed=args.seed,
+                      methods=methods, workers=args.workers, method_params=DEMO_PROPOSAL_PARAMS)
     prepare_s = time.perf_counter() - started
-    print(f"dataset and proposals ready in {prepare_s:.1f}s ({out / 'data'})", flush=True)
+    print(f"dataset and proposals ready in {prepare_s:.1f}s ({data_dir})", flush=True)
     results: dict[str, dict] = {}
-    for mode in modes:
-        run_dir = out / "runs" / mode
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise InputError(f"{run_dir} exists and is not empty; use a new --out or remove it")
-        config = demo_config(setup.dataset, setup.stores, mode, run_dir, [f"run.seed={args.seed}"] + args.overrides)
-        mode_started = time.perf_counter()
-        summary = train(config)
+    for mode, config in configs.items():
+        # A run left by an earlier demo is reused when finished and resumed otherwise.
+        summary = train(config, resume=(out / "runs" / mode / "run.json").exists())
         results[mode] = {
             "miou": summary["final_val_miou"],
-            "seconds": time.perf_counter() - mode_started,
+            "seconds": summary["seconds"],
             "relabel_share": summary["relabel_share"],
         }
         print(f"{mode}: val mIoU {100 * (summary['final_val_miou'] or 0):.2f} in {results[mode]['seconds']:.0f}s", flush=True)
@@ -115,7 +126,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def print_table(results: dict, prepare_s: float, total_s: float) -> None:
-    """The demo's table: mode, validation mIoU (%), share of mask's mIoU, seconds."""
+    """The demo's table: mode, validation mIoU (%), share of mask's mIoU, training seconds (of the
+    run, over all its resumes)."""
     mask = results.get("mask", {}).get("miou")
     print(f"\n{'mode':<14}{'val mIoU':>10}{'% of mask':>11}{'seconds':>9}")
     for mode, row in results.items():

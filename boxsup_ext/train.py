@@ -47,7 +47,7 @@ from boxsup_ext.train_utils.data import (
     rank_slice,
 )
 from boxsup_ext.train_utils.distributed import DistContext, init_distributed, shutdown_distributed
-from boxsup_ext.train_utils.lock import RunLock, prepare_run_dir
+from boxsup_ext.train_utils.lock import RunLock
 from boxsup_ext.train_utils.logbook import EpochLog, progress
 from boxsup_ext.train_utils.state import (
     capture_rng,
@@ -57,7 +57,7 @@ from boxsup_ext.train_utils.state import (
     save_checkpoint,
     write_run_identity,
 )
-from boxsup_ext.utils import InputError, atomic_write_bytes, atomic_write_json, run_cli
+from boxsup_ext.utils import InputError, atomic_write_bytes, atomic_write_json, ensure_output_dir, run_cli
 
 # Test hook: "EPOCH:STEP[:SIGNAL]" makes the process send itself SIGNAL (default SIGKILL; e.g.
 # SIGTERM, SIGINT) right after that training step.
@@ -478,7 +478,7 @@ def train(config: Config, resume: bool = False) -> dict:
         if lock is not None:
             lock.acquire()
         else:
-            prepare_run_dir(run_dir)
+            ensure_output_dir(run_dir, "run directory (--run-dir)")
         return _train(config, resume, ctx, stopper)
     except OSError as err:  # a full disk or a folder that became unwritable while saving
         where = err.filename or run_dir

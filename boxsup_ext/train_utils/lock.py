@@ -14,21 +14,9 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from boxsup_ext.utils import InputError
+from boxsup_ext.utils import InputError, ensure_output_dir
 
 LOCK_NAME = ".lock"
-
-
-def prepare_run_dir(run_dir: Path) -> None:
-    """Create ``run_dir`` (and its parents); a path that cannot be a writable folder is one line."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(f"run directory {run_dir} is a file, not a folder; choose another --run-dir")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(
-            f"cannot create run directory {run_dir} ({err.strerror or err.__class__.__name__}); choose a writable --run-dir"
-        ) from None
 
 
 class RunLock:
@@ -40,7 +28,7 @@ class RunLock:
         self._fd: Optional[int] = None
 
     def acquire(self) -> None:
-        prepare_run_dir(self.run_dir)
+        ensure_output_dir(self.run_dir, "run directory (--run-dir)")
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)

@@ -65,8 +65,9 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     previous file in place and is one line naming the file."""
     try:
         atomic_save_torch(checkpoint, path)
-    except (OSError, RuntimeError) as err:  # torch's zip writer reports a failed write as RuntimeError
-        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+    except (OSError, RuntimeError) as err:
+        # torch's zip writer reports a short write as "[enforce fail at inline_container.cc] unexpected pos".
+        reason = (err.strerror if isinstance(err, OSError) else None) or "it could not be written in full"
         kept = "the previous checkpoint there is kept" if Path(path).exists() else "nothing was written"
         raise InputError(f"cannot write checkpoint {path} ({reason}); is the disk full? {kept}") from None
 

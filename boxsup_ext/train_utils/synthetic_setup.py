@@ -3,10 +3,12 @@ boxsup_ext.demo`` and the trainer's end-to-end tests)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from boxsup_ext.utils import InputError
 
 
 @dataclass(frozen=True)
@@ -30,22 +32,42 @@ def prepare_synthetic(
     method_params: Optional[dict[str, dict]] = None,
 ) -> SyntheticSetup:
     """Write the synthetic dataset (``size`` x ``size`` pixel images) to ``out_dir/dataset`` and a
-    proposal store per method to ``out_dir/proposals_<method>``, with ``method_params[method]``
-    as the method's options. Existing complete outputs made
-    with the same arguments are reused (both writers are resumable)."""
+    proposal store per method to :func:`store_dir`, with ``method_params[method]`` as the method's
+    options. Existing complete outputs made with the same arguments are reused (both writers are
+    resumable); a dataset made with other arguments is an InputError."""
     from boxsup_ext.data import open_dataset
     from boxsup_ext.data.synthetic import generate
     from boxsup_ext.proposals import generate_proposals
 
     out_dir = Path(out_dir)
     dataset_dir = out_dir / "dataset"
-    if not (dataset_dir / "synthetic.json").exists():
+    wanted = {"seed": seed, "num_train": num_train, "num_val": num_val, "height": size, "width": size, "max_objects": max_objects}
+    if (dataset_dir / "synthetic.json").exists():
+        _check_existing(dataset_dir / "synthetic.json", wanted)
+    else:
         generate(dataset_dir, num_train, num_val, seed=seed, height=size, width=size, max_objects=max_objects)
     train = open_dataset(dataset_dir, "train", kind="synthetic")
     stores = {}
     for method in methods:
-        store_dir = out_dir / f"proposals_{method}"
         params = (method_params or {}).get(method, {})
-        generate_proposals(train, method, store_dir, workers=workers, progress=False, **params)
-        stores[method] = store_dir
+        generate_proposals(train, method, store_dir(out_dir, method), workers=workers, progress=False, **params)
+        stores[method] = store_dir(out_dir, method)
     return SyntheticSetup(dataset_dir, stores)
+
+
+def store_dir(out_dir: Path, method: str) -> Path:
+    """Where :func:`prepare_synthetic` keeps the proposal store of ``method``."""
+    return Path(out_dir) / f"proposals_{method}"
+
+
+def _check_existing(record_path: Path, wanted: dict) -> None:
+    try:
+        made = json.loads(record_path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{record_path} is not readable JSON ({err.__class__.__name__}); remove {record_path.parent} to rebuild it") from None
+    differ = [f"{key} {made.get(key)!r} (asked {value!r})" for key, value in wanted.items() if made.get(key) != value]
+    if differ:
+        raise InputError(
+            f"{record_path.parent} holds a synthetic dataset made with other settings ({', '.join(differ)}); "
+            "use another output folder or remove it"
+        )
