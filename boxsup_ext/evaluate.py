@@ -22,6 +22,7 @@ Files in DIR that this command did not write are never replaced unless ``--overw
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,14 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _tag(split: str, args: argparse.Namespace) -> str:
     tag = split
     if args.checkpoint_kind == "best":
@@ -119,7 +128,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"checkpoint {checkpoint} predicts {meta['num_classes']} classes but dataset {root} ({split}) has "
             f"{dataset.num_classes}; evaluate on the dataset the model was trained for"
         )
-    description = {"checkpoint": str(Path(checkpoint).resolve()), "dataset": str(Path(root).resolve()), "split": split, **settings.describe()}
+    description = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        # latest.pt is rewritten every epoch under the same name: stored predictions are only
+        # reusable for the very same weights.
+        "checkpoint_sha256": _file_sha256(Path(checkpoint)),
+        "dataset": str(Path(root).resolve()),
+        "split": split,
+        **settings.describe(),
+    }
     prepare_prediction_dir(out / "predictions", description, overwrite=args.overwrite)
 
     start = time.perf_counter()

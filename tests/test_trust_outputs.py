@@ -19,6 +19,7 @@ from PIL import Image
 from boxsup_ext import evaluate, figures, predict
 from boxsup_ext.data import load_label_png, open_dataset, save_label_png
 from boxsup_ext.data.synthetic import generate
+from boxsup_ext.models import build_model, model_meta
 from boxsup_ext.proposals.__main__ import main as proposals_main
 from boxsup_ext.utils import (
     InputError,
@@ -219,6 +220,24 @@ def test_evaluate_does_not_score_foreign_pngs_as_predictions(tmp_path, synthetic
     before = _tree(out)
     _refused(evaluate.main, _eval_argv(root, checkpoint, out), capsys, out / "predictions", "--overwrite")
     assert _tree(out) == before
+
+
+def test_evaluate_does_not_reuse_predictions_of_a_replaced_checkpoint(tmp_path, synthetic, capsys):
+    """A run's latest.pt is rewritten each epoch under the same name; predictions stored for the
+    old weights must not be scored as the new model's."""
+    root, num_classes = synthetic
+    ckpt = _checkpoint(tmp_path / "latest.pt", num_classes)
+    out = tmp_path / "eval"
+    assert evaluate.main([str(a) for a in _eval_argv(root, ckpt, out)]) == 0
+    first = json.loads((out / "metrics.json").read_text())["confusion_matrix"]
+    model = build_model("tiny_fcn", num_classes, width=4)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.arange(num_classes, dtype=torch.float32))  # always the last class
+    atomic_save_torch({"model": model.state_dict(), "model_meta": model_meta(model), "config": {}, "epoch": 2}, ckpt)
+    _refused(evaluate.main, _eval_argv(root, ckpt, out), capsys, out / "predictions", "another checkpoint", "--overwrite")
+    assert evaluate.main([str(a) for a in _eval_argv(root, ckpt, out, "--overwrite")]) == 0
+    second = np.array(json.loads((out / "metrics.json").read_text())["confusion_matrix"])
+    assert second.tolist() != first and second[:, :-1].sum() == 0
 
 
 # --------------------------------------------------------------------------- output paths (11)
