@@ -52,6 +52,17 @@ def test_save_and_reload_roundtrip(tmp_path):
         (["data.train.5.root=/x"], r"index 5 is out of range"),
         (["train.epochs"], r"--set expects key=value"),
         (["data.train.0.supervision=semi"], r"needs data\.train\.0\.mask_list"),
+        # Values that trained garbage or asked for terabytes before issue 9 (each names its key).
+        (["model.dropout=1.5"], r"model\.dropout must be in \[0, 1\], got 1\.5"),
+        (["model.dropout=-0.1"], r"model\.dropout must be in \[0, 1\]"),
+        (["train.momentum=-0.9"], r"train\.momentum must be 0 or more"),
+        (["run.seed=-1"], r"run\.seed must be 0 or more, got -1"),
+        (["train.lr=inf"], r"train\.lr must be a finite number, got inf"),
+        (["train.lr=.nan"], r"train\.lr must be a finite number, got nan"),
+        (["train.weight_decay=-inf"], r"train\.weight_decay must be a finite number"),
+        (["relabel.lam=nan"], r"relabel\.lam must be a finite number"),
+        (["data.crop_size=1000000"], r"data\.crop_size must be at most 4096 pixels .*GB"),
+        (["data.scale_max=1000"], r"data\.scale_max must be at most 8"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(overrides, match):
