@@ -22,7 +22,6 @@ Files in DIR that this command did not write are never replaced unless ``--overw
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from boxsup_ext.evaluation.evaluator import (
 )
 from boxsup_ext.evaluation.rundir import CHECKPOINT_KINDS, check_run_dir, open_dataset_arg, run_checkpoint, run_data_source
 from boxsup_ext.evaluation.trimap import parse_widths
-from boxsup_ext.utils import InputError, OutputManifest, atomic_write_json, ensure_output_dir, run_cli
+from boxsup_ext.utils import InputError, OutputManifest, atomic_write_json, ensure_output_dir, file_sha256, run_cli
 
 CHECKPOINT_NOTES = {
     "final": "final checkpoint of the run",
@@ -72,14 +71,6 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_inference_arguments(parser)
     return parser
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tag(split: str, args: argparse.Namespace) -> str:
@@ -132,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "checkpoint": str(Path(checkpoint).resolve()),
         # latest.pt is rewritten every epoch under the same name: stored predictions are only
         # reusable for the very same weights.
-        "checkpoint_sha256": _file_sha256(Path(checkpoint)),
+        "checkpoint_sha256": file_sha256(checkpoint),
         "dataset": str(Path(root).resolve()),
         "split": split,
         **settings.describe(),

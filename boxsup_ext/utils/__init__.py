@@ -2,7 +2,7 @@
 
 from boxsup_ext.utils.errors import InputError, run_cli
 from boxsup_ext.utils.atomic import atomic_write, atomic_write_bytes, atomic_save_torch, atomic_write_json
-from boxsup_ext.utils.outputs import OutputManifest, ensure_output_dir
+from boxsup_ext.utils.outputs import OutputManifest, ensure_output_dir, file_sha256
 
 __all__ = [
     "InputError",
@@ -13,4 +13,5 @@ __all__ = [
     "atomic_write_json",
     "OutputManifest",
     "ensure_output_dir",
+    "file_sha256",
 ]

@@ -72,6 +72,15 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class OutputManifest:
     """The files a command has written into ``folder``, by name relative to it and content hash.
 
@@ -110,7 +119,7 @@ class OutputManifest:
         if digest is None:
             return True
         try:
-            return _sha256((self.folder / name).read_bytes()) == digest
+            return file_sha256(self.folder / name) == digest
         except OSError:
             return False
 
@@ -155,7 +164,7 @@ class OutputManifest:
         """Record ``folder/name`` (claimed, then written by the caller) as made by this command."""
         if name not in self.files:
             raise KeyError(f"{name} was not claimed before writing")
-        self.files[name] = _sha256((self.folder / name).read_bytes())
+        self.files[name] = file_sha256(self.folder / name)
 
     def save(self) -> None:
         """Record the names claimed and the hashes of the files written so far."""
