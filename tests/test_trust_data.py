@@ -364,3 +364,18 @@ def test_compressed_rle_runs_match_pycocotools():
                 expected = np.concatenate([[0], expected])
             np.testing.assert_array_equal(runs, expected)
     assert compressed_rle_runs("") is None and compressed_rle_runs("0o") is None  # "o" = digit 63: a run cut off
+
+
+def test_generate_rebuilds_a_damaged_entry_and_a_stale_one_after_reading_once(voc, tmp_path):
+    store_dir = tmp_path / "store"
+    dataset = open_dataset(voc, "trainval")
+    generate_proposals(dataset, "rectangles", store_dir, progress=False)
+    store = open_store(store_dir, dataset)
+    store.get("a")  # checked and remembered as current ...
+    move_box_of_a(voc)
+    with pytest.raises(InputError, match="stale proposal store"):
+        open_store(store_dir, open_dataset(voc, "trainval")).get("a")  # ... but a fresh open checks again
+    (store_dir / "entries" / "c.npz").write_bytes(b"garbage")
+    generate_proposals(open_dataset(voc, "trainval"), "rectangles", store_dir, progress=False)
+    fresh = open_store(store_dir, open_dataset(voc, "trainval"))
+    assert [fresh.get(i).num_candidates for i in ("a", "b", "c")] == [2, 1, 1]

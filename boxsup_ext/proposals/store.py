@@ -15,8 +15,9 @@ The manifest's dataset fingerprint says which images (ids and sizes) a store is 
 entry was computed from is checked per image, because it is what changes when a user edits a
 dataset: the SHA-256 of the image's boxes (methods that use boxes: rectangles, grabcut) and of the
 image file's bytes (methods that read pixels: selective_search, grabcut). Reading an entry through
-a store opened for a dataset compares them (a file read and hash, small beside decoding the image),
-and a mismatch is a stale-store error; ``generate`` on the store rebuilds exactly those entries.
+a store opened for a dataset compares them, once per image and store (a file read and hash, small
+beside decoding the image), and a mismatch is a stale-store error; ``generate`` on the store
+rebuilds exactly those entries.
 """
 
 from __future__ import annotations
@@ -196,6 +197,8 @@ class ProposalStore:
         # The dataset this store was opened for and its image_id -> index (see open_store).
         self._dataset = None
         self._index: dict[str, int] | None = None
+        # (image id, entry provenance) pairs found current: each image's file is hashed once per store.
+        self._current: set[tuple[str, str]] = set()
 
     @property
     def method(self) -> str:
@@ -239,6 +242,9 @@ class ProposalStore:
         record = self._dataset[index]
         if (int(record.height), int(record.width)) != (entry.height, entry.width):
             raise InputError(f"{path}: entry is {entry.height}x{entry.width} but the dataset image is {record.height}x{record.width}; regenerate the store")
+        key = (image_id, json.dumps(entry.provenance, sort_keys=True))
+        if key in self._current:
+            return entry
         current = image_provenance(self._dataset, index, self.depends_on)
         changed = [name for name in self.depends_on if entry.provenance.get(name) != current[name]]
         if changed:
@@ -248,6 +254,7 @@ class ProposalStore:
                 f"generated; rerun `python -m boxsup_ext.proposals generate` with --out {self.path} and the same options "
                 "(it rebuilds the changed images)"
             )
+        self._current.add(key)
         return entry
 
 
@@ -294,13 +301,20 @@ def _make_entry(index: int) -> str:
 
 
 def _is_current(path: Path, dataset, index: int, depends_on: list[str]) -> bool:
-    """Whether the entry at ``path`` exists, reads, and was made from the image's current boxes/file."""
+    """Whether the entry at ``path`` exists and was made from the image's current boxes / file.
+
+    Reads only the entry's small provenance array, not its candidates (a resume looks at every
+    entry); a damaged entry is caught when read, and ``generate`` rebuilds it once deleted.
+    """
     if not path.is_file():
         return False
     try:
-        stored = read_entry(path).provenance
-    except InputError:
-        return False  # damaged: rebuild it
+        with np.load(path, allow_pickle=False) as data:
+            stored = json.loads(str(data["provenance"])) if "provenance" in data.files else {}
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, EOFError):
+        return False  # unreadable: make it again
+    if not isinstance(stored, dict):
+        return False
     return all(stored.get(name) == digest for name, digest in image_provenance(dataset, index, depends_on).items())
 
 
