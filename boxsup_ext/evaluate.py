@@ -62,7 +62,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kind", help="dataset kind: voc, voc07, coco, folder, synthetic (default: the run's, else voc)")
     parser.add_argument("--split", help="split to evaluate (default: the run's validation split, else val)")
     parser.add_argument("--trimap", help="trimap band widths in pixels, e.g. 1,2,4,8 (the paper's Figure 4)")
-    parser.add_argument("--out", type=Path, help="output directory (required with --checkpoint)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output directory (required with --checkpoint); files there that this command did not write "
+        "(OUT/.boxsup-outputs.json lists those it did) are not replaced without --overwrite",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",

@@ -103,7 +103,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m boxsup_ext.predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint written by boxsup_ext.train")
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output folder; OUT/.boxsup-outputs.json records the files this command wrote, which a rerun "
+        "replaces; any other existing file stops the command before it writes anything (see --overwrite)",
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="label colour weight in the overlay (0..1)")
     parser.add_argument("--no-overlay", action="store_true", help="write only the label PNGs")
     parser.add_argument(
