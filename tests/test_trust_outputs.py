@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +150,22 @@ def test_predict_never_replaces_a_users_file(tmp_path, checkpoint, capsys):
     (out / "x_overlay.png").write_bytes(photo)
     _refused(predict.main, argv, capsys, out / "x_overlay.png", "--overwrite")
     assert (out / "x_overlay.png").read_bytes() == photo
+
+
+def test_predict_cli_keeps_a_users_photo(tmp_path, checkpoint):
+    """The headline case as a user meets it: the real process, its exit status and its stderr."""
+    out = tmp_path / "out"
+    photo = _photo(out / "x.png", seed=7)
+    _photo(tmp_path / "x.jpg", seed=8)
+    command = [sys.executable, "-m", "boxsup_ext.predict", "--checkpoint", str(checkpoint), str(tmp_path / "x.jpg"), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert str(out / "x.png") in done.stderr and "--overwrite" in done.stderr
+    assert _tree(out) == {"x.png": photo}
+    done = subprocess.run(command + ["--overwrite"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert load_label_png(out / "x.png").shape == (12, 16)
 
 
 def test_predict_refuses_before_writing_anything_when_only_the_overlay_collides(tmp_path, checkpoint, capsys):
