@@ -13,6 +13,7 @@ order. Crowd annotations are not boxes; they mark their pixels 255 (ignore) in t
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -58,7 +59,12 @@ def _decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+    """A finite JSON number (an integer beyond float range, e.g. 10**400, is not one)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) < 2**63
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def compressed_rle_runs(counts: str) -> Optional[np.ndarray]:
@@ -98,8 +104,8 @@ def _rle_problem(segmentation: dict, height: int, width: int) -> Optional[str]:
         return f"mask size {size} differs from the image size [{height}, {width}]"
     counts = segmentation["counts"]
     if isinstance(counts, list):
-        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
-            return "RLE counts must be non-negative integers"
+        if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= height * width for c in counts):
+            return f"RLE counts must be integers in 0..{height * width}"
         runs = np.asarray(counts, np.int64)
     elif isinstance(counts, str):
         runs = compressed_rle_runs(counts)
