@@ -118,24 +118,31 @@ def _expected_kind(default: Any, hint: Any):
     return (type(default),) if type(default) in _SCALARS else None
 
 
-def _scalar_fits(value: Any, types: tuple) -> bool:
+def option_items(value) -> list:
+    """The items of a list option given as a list or as a comma- (or semicolon-) separated string."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.replace(";", ",").split(",") if v.strip()]
+    return [v.strip() if isinstance(v, str) else v for v in value]
+
+
+def _scalar_fits(value: Any, allowed: tuple) -> bool:
     if isinstance(value, bool):
-        return bool in types
+        return bool in allowed
     if isinstance(value, int):
-        return int in types or float in types
+        return int in allowed or float in allowed
     if isinstance(value, float):
-        return float in types and math.isfinite(value)
+        return float in allowed and math.isfinite(value)
     if value is None:
-        return type(None) in types
-    return isinstance(value, str) and str in types
+        return type(None) in allowed
+    return isinstance(value, str) and str in allowed
 
 
 def _value_fits(value: Any, expected) -> bool:
     if expected[0] != "list":
         return _scalar_fits(value, expected)
     item_types = expected[1]
-    if isinstance(value, str):  # comma-separated, as the methods accept it
-        items: list = [v.strip() for v in value.replace(";", ",").split(",") if v.strip()]
+    if isinstance(value, str):
+        items: list = option_items(value)
         if str not in item_types:
             try:
                 items = [float(v) for v in items]

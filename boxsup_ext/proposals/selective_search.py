@@ -26,7 +26,7 @@ import numpy as np
 
 from boxsup_ext.proposals import bits
 from boxsup_ext.proposals.felzenszwalb import pixel_graph, segment_graph
-from boxsup_ext.proposals.registry import register_method
+from boxsup_ext.proposals.registry import option_items, register_method
 from boxsup_ext.utils import InputError
 
 COLOUR_BINS = 25
@@ -264,9 +264,7 @@ def group_hierarchy(
 
 
 def _parse_list(value, name: str) -> list:
-    if isinstance(value, str):
-        value = [v for v in value.replace(";", ",").split(",") if v.strip()]
-    items = [v.strip() if isinstance(v, str) else v for v in value]
+    items = option_items(value)
     if not items:
         raise InputError(f"selective_search option {name} must not be empty")
     return items
