@@ -96,6 +96,7 @@ class OutputManifest:
         self.overwrite = overwrite
         self.path = self.folder / MANIFEST_NAME
         self.files: dict[str, Optional[str]] = self._read()
+        self._checked: set[str] = set()  # names check() passed (claim() after check() hashes nothing twice)
 
     def _read(self) -> dict[str, Optional[str]]:
         if not self.path.is_file():
@@ -133,12 +134,15 @@ class OutputManifest:
         if self.overwrite:
             return
         for name in names:
+            if name in self._checked:
+                continue
             target = self.folder / name
             if (target.exists() or target.is_symlink()) and not self.made_by_us(name):
                 raise InputError(
                     f"{target} exists and is not a file {self.command} wrote there (see {MANIFEST_NAME}); "
                     "pass --overwrite to replace it or choose another --out"
                 )
+            self._checked.add(name)
 
     def claim(self, names: Iterable[str]) -> None:
         """:meth:`check` the names, then record them before writing, so that files a crash
