@@ -37,7 +37,7 @@ import numpy as np
 
 from boxsup_ext.proposals import bits
 from boxsup_ext.proposals.registry import ProposalMethod, check_candidates, get_method
-from boxsup_ext.utils import InputError, atomic_write, atomic_write_json
+from boxsup_ext.utils import InputError, atomic_write, atomic_write_json, file_sha256
 
 FORMAT_VERSION = 2  # 2: entries carry provenance digests
 MANIFEST = "manifest.json"
@@ -136,10 +136,6 @@ def read_entry(path: Path) -> ProposalEntry:
     return ProposalEntry(units, members, scores, height, width, seconds, provenance)
 
 
-def _digest(data: bytes | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def image_provenance(dataset, index: int, depends_on: Sequence[str]) -> dict[str, str]:
     """Digests of what an entry of image ``index`` is made from, one per name in ``depends_on``.
 
@@ -150,16 +146,16 @@ def image_provenance(dataset, index: int, depends_on: Sequence[str]) -> dict[str
     provenance = {}
     if "boxes" in depends_on:
         boxes = np.ascontiguousarray(dataset[index].boxes, dtype=np.float32).reshape(-1, 4)
-        provenance["boxes"] = _digest(boxes.tobytes())
+        provenance["boxes"] = hashlib.sha256(boxes.tobytes()).hexdigest()
     if "image" in depends_on:
         image_file = getattr(dataset, "image_file", None)
         path = image_file(index) if image_file is not None else None
         if path is None:
             pixels = np.ascontiguousarray(dataset.load_image(index))
-            provenance["image"] = "pixels:" + _digest(repr(pixels.shape).encode() + pixels.tobytes())
+            provenance["image"] = "pixels:" + hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()
         else:
             try:
-                provenance["image"] = "file:" + _digest(Path(path).read_bytes())
+                provenance["image"] = "file:" + file_sha256(path)
             except OSError as err:
                 raise InputError(f"{path}: cannot read the image file ({err.strerror or err}); check the dataset") from None
     return provenance
