@@ -50,7 +50,7 @@ def ensure_output_dir(path: PathLike, what: str = "output folder", create: bool 
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise InputError(f"{what} {path} cannot be created: {existing} is a file; give a folder path outside it")
+        raise InputError(f"{what} {path} cannot be created: {existing} is a file, not a folder; give a folder path outside it")
     where = "" if existing == path else f" (its parent {existing} is not writable)"
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(f"{what} {path} is not writable{where}; choose a folder you can write to")
