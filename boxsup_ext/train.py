@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from boxsup_ext.config import Config, SourceConfig, config_to_dict, dump_config, load_config, save_config
 from boxsup_ext.metrics import confusion_matrix, miou_from_confusion
@@ -42,6 +41,7 @@ from boxsup_ext.train_utils.data import (
     LabelledImages,
     TrainImage,
     epoch_batches,
+    epoch_loader,
     gt_label_map,
     list_train_images,
     rank_slice,
@@ -60,7 +60,7 @@ from boxsup_ext.train_utils.state import (
 from boxsup_ext.utils import InputError, atomic_write_bytes, atomic_write_json, ensure_output_dir, run_cli
 
 # Test hook: "EPOCH:STEP[:SIGNAL]" makes the process send itself SIGNAL (default SIGKILL; e.g.
-# SIGTERM, SIGINT) right after that training step.
+# SIGTERM, SIGINT, SIGSTOP) right after that training step.
 FAULT_ENV = "BOXSUP_FAULT_AT"
 RELABELED_MODES = ("boxsup", "boxsup_greedy")
 
@@ -374,15 +374,7 @@ def train_one_epoch(
     )
     batches = [rank_slice(b, ctx.rank, ctx.world_size) for b in epoch_batches(len(images), cfg.batch_size, config.run.seed, epoch)]
     total_steps = len(batches)
-    # Starting an iterator draws the workers' base seed from the loader's generator; without one it
-    # comes from the global torch stream, which dropout also draws from, so a resumed epoch (a new
-    # iterator part-way) would shift every later dropout mask. A generator of (seed, epoch) keeps
-    # the global stream for the network alone.
-    loader_generator = torch.Generator().manual_seed(config.run.seed * 1_000_003 + epoch)
-    loader = DataLoader(
-        samples, batch_sampler=batches[partial.step :], num_workers=config.data.workers,
-        pin_memory=ctx.device.type == "cuda", persistent_workers=False, generator=loader_generator,
-    )
+    loader = epoch_loader(samples, batches[partial.step :], config.data.workers, config.run.seed, epoch, ctx.device.type == "cuda")
     fault_at, fault_signal = _fault_hook()
     use_amp = scaler is not None
     model.train()
@@ -425,7 +417,7 @@ def train_one_epoch(
 
 
 def _fault_hook() -> tuple[Optional[tuple[int, int]], int]:
-    """(epoch, step) and signal of the :data:`FAULT_ENV` test hook, or (None, SIGKILL)."""
+    """(epoch, step) and signal of the :data:`FAULT_ENV` test hook, or (None, SIGKILL) when unset."""
     fault = os.environ.get(FAULT_ENV, "")
     if not fault:
         return None, signal.SIGKILL
@@ -581,7 +573,7 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
                     label_round = prepare_labels(epoch, config, ctx, model, datasets, images, stores, labels_dir, label_state, stopper)
                 except StopRequested:
                     if ctx.is_main:
-                        print(f"stopped by signal before the training steps of epoch {epoch} (while preparing its labels); "
+                        print(f"stopped by signal before the training steps of epoch {epoch} (its labels are prepared again); "
                               f"--resume continues from the checkpoint of epoch {epoch - 1}", file=sys.stderr, flush=True)
                     raise
                 label_state = {"epoch": epoch, "fixed_done": True, "choices": label_round.choices,

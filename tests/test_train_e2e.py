@@ -108,6 +108,7 @@ def test_resume_after_sigkill_matches_uninterrupted(synthetic, boxsup_run, tmp_p
                             cwd=REPO, env=env, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert [e["epoch"] for e in read_log(run_dir)] == [1]
+    assert (run_dir / ".lock").read_text().strip().isdigit()  # the killed trainer's lock, stale: resume takes it
     assert train_main(cli_args(synthetic, run_dir, extra=["--resume"])) == 0
     assert [e["epoch"] for e in read_log(run_dir)] == [1, 2]
     assert_same_run(boxsup_run, run_dir)

@@ -2,14 +2,16 @@
 run from a checkpoint, a finished run left alone, a full disk or a NaN loss never costing the last
 good checkpoint, and one clear line for each bad input of ``train`` and ``demo``.
 
-Kinds of bad input and fault tried here (21): a second trainer on a locked run; a stale lock left
-by SIGKILL (in test_train_e2e); a malicious checkpoint through ``evaluate --checkpoint``,
+Kinds of bad input and fault tried here (25): a second trainer on a locked run, fresh and with
+``--resume``; a malicious checkpoint through ``evaluate --checkpoint``,
 ``load_model_from_checkpoint``, ``train --resume`` and ``model.init_checkpoint``; a truncated
-checkpoint; ``--resume`` of a finished run and with fewer epochs; a full disk while checkpointing;
-a run directory that is a file and one below a file; a NaN loss; a corrupt ``run.json``;
-``--resume`` of an empty and of a missing folder; SIGTERM while relabeling; a broken annotation
-(with and without ``--skip-bad``); ``demo --modes bogus``, ``--num-train 0``, ``--out`` a file and
-a changed dataset size. Config values are in test_config.py.
+checkpoint; ``--resume`` of a finished run and with fewer epochs; a run.json from before a config
+key existed; a full disk while checkpointing; a run directory that is a file and one below a file;
+a NaN loss; a corrupt ``run.json``; ``--resume`` of an empty and of a missing folder; SIGTERM while
+relabeling; Ctrl-C reaching the DataLoader workers; a broken annotation (with and without
+``--skip-bad``); ``demo --modes bogus``, ``--num-train 0``, ``--num-val -1``, a bad ``--set``,
+``--out`` a file, a changed dataset size, and a second demo. SIGKILL (with its stale lock), SIGTERM
+and SIGINT resumes are in test_train_e2e.py, config values in test_config.py.
 """
 
 from __future__ import annotations
@@ -141,6 +143,15 @@ def test_resume_of_a_finished_run_changes_nothing(synthetic, finished_copy, caps
     assert status == 0
     assert err.endswith("nothing to do") and "\n" not in err, err
     assert snapshot(finished_copy) == before
+
+
+def test_run_recorded_before_a_config_key_existed_still_resumes(synthetic, finished_copy, capsys):
+    """A run.json written before ``data.skip_bad`` existed: the missing key counts as its default."""
+    record = json.loads((finished_copy / "run.json").read_text())
+    del record["config"]["data"]["skip_bad"]
+    (finished_copy / "run.json").write_text(json.dumps(record))
+    status, err = run_train(cli_args(synthetic, finished_copy, extra=["--resume"]), capsys)
+    assert status == 0 and err.endswith("nothing to do"), err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,3 +316,25 @@ def test_demo_twice_reuses_data_and_runs_and_prints_the_same_table(tmp_path, cap
     err = one_line_error(run_cli(demo_main, ["--out", str(out)] + DEMO_ARGS + ["--num-train", "7"]),
                          capsys.readouterr().err.strip())
     assert "made with other settings" in err and "num_train 6 (asked 7)" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Ctrl-C reaches the DataLoader workers too
+
+
+class _InterruptedSamples(torch.utils.data.Dataset):
+    """Each sample sends SIGINT to the process that loads it, as Ctrl-C does to a whole group."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        os.kill(os.getpid(), signal.SIGINT)
+        return torch.tensor([index])
+
+
+def test_loader_workers_leave_ctrl_c_to_the_trainer():
+    from boxsup_ext.train_utils.data import epoch_loader
+
+    loader = epoch_loader(_InterruptedSamples(), [[0, 1], [2, 3]], workers=1, seed=0, epoch=1, pin_memory=False)
+    assert [batch.flatten().tolist() for batch in loader] == [[0, 1], [2, 3]]

@@ -8,6 +8,7 @@ number of DataLoader workers or ranks, and a resumed epoch repeats the interrupt
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -15,7 +16,7 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from boxsup_ext.models import IMAGENET_MEAN, image_to_tensor
 from boxsup_ext.relabel import IGNORE_LABEL
@@ -79,6 +80,30 @@ def epoch_batches(num_images: int, global_batch: int, seed: int, epoch: int) -> 
     steps = math.ceil(num_images / global_batch)
     padded = [order[i % num_images] for i in range(steps * global_batch)]
     return [padded[s * global_batch : (s + 1) * global_batch] for s in range(steps)]
+
+
+def epoch_loader(
+    samples: Dataset, batches: Sequence[Sequence[int]], workers: int, seed: int, epoch: int, pin_memory: bool
+) -> DataLoader:
+    """The DataLoader of one epoch (or of its rest after a resume): ``batches`` of ``samples``.
+
+    Starting an iterator draws the workers' base seed from the loader's generator; without one it
+    comes from the global torch stream, which dropout also draws from, so a resumed epoch (a new
+    iterator part-way) would shift every later dropout mask. A generator of (seed, epoch) leaves
+    the global stream to the network. Workers ignore SIGINT/SIGTERM: Ctrl-C reaches the whole
+    process group, and a worker dead of it would end the epoch in a worker error instead of the
+    trainer's checkpoint at the next batch; the trainer shuts its workers down itself.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return DataLoader(
+        samples, batch_sampler=list(batches), num_workers=workers, pin_memory=pin_memory,
+        persistent_workers=False, generator=generator, worker_init_fn=_leave_stop_signals_to_the_trainer,
+    )
+
+
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def rank_slice(batch: Sequence[int], rank: int, world_size: int) -> list[int]:
