@@ -504,7 +504,7 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
     fingerprints = [dataset.fingerprint() for dataset in datasets]
 
     checkpoint = check_run_dir(run_dir, resume, config_dict, fingerprints)
-    if checkpoint is not None and checkpoint["epoch"] >= config.train.epochs and not checkpoint.get("step"):
+    if checkpoint is not None and checkpoint["epoch"] >= config.train.epochs:
         return _finished_run(run_dir, checkpoint, config, ctx)
     if resume and checkpoint is None and ctx.is_main:
         print(f"--resume: {run_dir} holds no checkpoint to resume from; starting a fresh run there", file=sys.stderr, flush=True)
@@ -573,8 +573,9 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
                     label_round = prepare_labels(epoch, config, ctx, model, datasets, images, stores, labels_dir, label_state, stopper)
                 except StopRequested:
                     if ctx.is_main:
-                        print(f"stopped by signal before the training steps of epoch {epoch} (its labels are prepared again); "
-                              f"--resume continues from the checkpoint of epoch {epoch - 1}", file=sys.stderr, flush=True)
+                        since = f"the checkpoint of epoch {epoch - 1}" if epoch > 1 else "the start (no epoch had finished)"
+                        print(f"stopped by signal before the training steps of epoch {epoch}; --resume continues from {since} "
+                              "and prepares this epoch's labels again", file=sys.stderr, flush=True)
                     raise
                 label_state = {"epoch": epoch, "fixed_done": True, "choices": label_round.choices,
                                "round": {"seconds": label_round.seconds, "stats": label_round.stats, "label_miou": label_round.label_miou}}

@@ -2,11 +2,11 @@
 run from a checkpoint, a finished run left alone, a full disk or a NaN loss never costing the last
 good checkpoint, and one clear line for each bad input of ``train`` and ``demo``.
 
-Kinds of bad input and fault tried here (25): a second trainer on a locked run, fresh and with
+Kinds of bad input and fault tried here (26): a second trainer on a locked run, fresh and with
 ``--resume``; a malicious checkpoint through ``evaluate --checkpoint``,
 ``load_model_from_checkpoint``, ``train --resume`` and ``model.init_checkpoint``; a truncated
 checkpoint; ``--resume`` of a finished run and with fewer epochs; a run.json from before a config
-key existed; a full disk while checkpointing; a run directory that is a file and one below a file;
+key existed; a full disk while checkpointing and while logging; a run directory that is a file and one below a file;
 a NaN loss; a corrupt ``run.json``; ``--resume`` of an empty and of a missing folder; SIGTERM while
 relabeling; Ctrl-C reaching the DataLoader workers; a broken annotation (with and without
 ``--skip-bad``); ``demo --modes bogus``, ``--num-train 0``, ``--num-val -1``, a bad ``--set``,
@@ -176,6 +176,22 @@ def test_full_disk_while_checkpointing_keeps_the_last_checkpoint(synthetic, fini
     assert latest.read_bytes() == before
     assert not list(latest.parent.glob(".*.tmp"))
     assert [e["epoch"] for e in read_log(finished_copy)] == [1, 2]
+
+
+def test_full_disk_while_logging_is_one_line(synthetic, finished_copy, capsys, monkeypatch):
+    import errno
+
+    import boxsup_ext.train_utils.logbook as logbook
+
+    before = snapshot(finished_copy / "checkpoints")
+
+    def no_space(path, mode="wb"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(logbook, "atomic_write", no_space)
+    err = one_line_error(*run_train(cli_args(synthetic, finished_copy, epochs=3, extra=["--resume"]), capsys))
+    assert f"cannot write {finished_copy / 'log.jsonl'} (No space left on device)" in err and "latest.pt" in err
+    assert snapshot(finished_copy / "checkpoints") == before
 
 
 def test_run_dir_that_is_a_file_is_one_line(synthetic, tmp_path, capsys):

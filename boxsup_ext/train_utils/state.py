@@ -1,7 +1,8 @@
 """Checkpoints, RNG state and the run directory's identity checks.
 
-Run directory layout: ``config.yaml``, ``checkpoints/latest.pt`` and ``best.pt``, ``labels/``,
-``log.jsonl``, ``metrics/``. A checkpoint is a dict with ``model``, ``model_meta``, ``config``,
+Run directory layout: ``config.yaml``, ``run.json`` (the config and dataset fingerprints the run
+belongs to), ``checkpoints/latest.pt`` and ``best.pt``, ``labels/``, ``log.jsonl``, ``metrics/``, and
+``.lock`` while a trainer holds the run (:mod:`boxsup_ext.train_utils.lock`). A checkpoint is a dict with ``model``, ``model_meta``, ``config``,
 ``epoch`` (completed epochs), ``step`` (batches done in the next epoch; non-zero only after an
 interrupt), ``optimizer``, ``scheduler``, ``rng``, ``label_state``, ``best_miou``,
 ``dataset_fingerprints``, ``world_size``, ``elapsed_s``. Every value is a tensor or a plain type
