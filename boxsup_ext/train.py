@@ -17,6 +17,7 @@ next batch boundary before exiting. One trainer at a time holds a run directory 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -63,6 +64,8 @@ from boxsup_ext.utils import InputError, atomic_write_bytes, atomic_write_json, 
 # SIGTERM, SIGINT, SIGSTOP) right after that training step.
 FAULT_ENV = "BOXSUP_FAULT_AT"
 RELABELED_MODES = ("boxsup", "boxsup_greedy")
+# Failures of the storage rather than of the program: one line, not a traceback.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class StopRequested(Exception):
@@ -472,11 +475,14 @@ def train(config: Config, resume: bool = False) -> dict:
         else:
             ensure_output_dir(run_dir, "run directory (--run-dir)")
         return _train(config, resume, ctx, stopper)
-    except OSError as err:  # a full disk or a folder that became unwritable while saving
-        where = err.filename or run_dir
+    except OSError as err:
+        if err.errno not in _STORAGE_ERRNOS:
+            raise
+        # A full disk or a folder that became unwritable mid-run: checkpoints are written atomically,
+        # so the last one is whole.
         raise InputError(
-            f"cannot write {where} ({err.strerror or err.__class__.__name__}); free space or fix the folder, "
-            f"then --resume: {run_dir / 'checkpoints' / 'latest.pt'} holds the last finished step"
+            f"{err.filename or run_dir}: {err.strerror}; training stopped. Free space or fix the permissions, then "
+            f"--resume continues from {run_dir / 'checkpoints' / 'latest.pt'}"
         ) from None
     finally:
         if lock is not None:

@@ -190,7 +190,7 @@ def test_full_disk_while_logging_is_one_line(synthetic, finished_copy, capsys, m
 
     monkeypatch.setattr(logbook, "atomic_write", no_space)
     err = one_line_error(*run_train(cli_args(synthetic, finished_copy, epochs=3, extra=["--resume"]), capsys))
-    assert f"cannot write {finished_copy / 'log.jsonl'} (No space left on device)" in err and "latest.pt" in err
+    assert f"{finished_copy / 'log.jsonl'}: No space left on device; training stopped" in err and "latest.pt" in err
     assert snapshot(finished_copy / "checkpoints") == before
 
 
