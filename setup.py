@@ -67,11 +67,14 @@ def cuda_library_includes() -> list:
 
 def extensions():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    define_macros = [("BOXSUP_VERSION", f'"{VERSION}"')]
+    # The torch the kernels are built against is recorded, so a load beside another torch can say so.
+    define_macros = [("BOXSUP_VERSION", f'"{VERSION}"'), ("BOXSUP_TORCH_VERSION", f'"{torch.__version__}"')]
     # -fno-trapping-math lets GCC if-convert and vectorise the branch-free exp/log loops; the kernels
-    # never rely on floating-point exceptions.
+    # never rely on floating-point exceptions. Neither compiler may contract a * b + c into an FMA
+    # (-ffp-contract=off, --fmad=false): the CPU and CUDA kernels run the same arithmetic
+    # (csrc/common/proposal_math.h) and must round the same way.
     # The C++ standard is left to torch.utils.cpp_extension (C++17 or C++20, as the torch build needs).
-    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math"]
+    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
     extra_link_args = ["-fopenmp"]
     if sys.platform == "darwin":  # Apple clang has no -fopenmp; ATen then uses its native pool.
         cxx_flags.remove("-fopenmp")
@@ -84,7 +87,7 @@ def extensions():
                 "boxsup_ext._C",
                 sources,
                 define_macros=define_macros,
-                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr", "--fmad=false"]},
                 include_dirs=cuda_library_includes(),
                 extra_link_args=extra_link_args,
             )

@@ -15,6 +15,9 @@
 #ifndef BOXSUP_VERSION
 #define BOXSUP_VERSION "0.0.0"
 #endif
+#ifndef BOXSUP_TORCH_VERSION
+#define BOXSUP_TORCH_VERSION "unknown"
+#endif
 
 namespace boxsup {
 
@@ -28,8 +31,12 @@ std::string shape_of(const at::Tensor& t) {
 
 }  // namespace
 
-ImageInputs prepare_image_inputs(const at::Tensor& units, const at::Tensor& members, const at::Tensor& logits,
-                                 const at::Tensor& boxes, const at::Tensor& labels, const std::string& where) {
+std::string image_where(bool batched, size_t image) {
+  return batched ? " (image " + std::to_string(image) + ")" : std::string();
+}
+
+void check_image_args(const at::Tensor& units, const at::Tensor& members, const at::Tensor& logits,
+                      const at::Tensor& boxes, const at::Tensor& labels, const std::string& where) {
   TORCH_CHECK(units.dim() == 2, "units", where, " must have shape [H, W], got ", shape_of(units));
   TORCH_CHECK(units.scalar_type() == at::kInt || units.scalar_type() == at::kLong,
               "units", where, " must be int32 or int64, got ", units.scalar_type());
@@ -56,45 +63,56 @@ ImageInputs prepare_image_inputs(const at::Tensor& units, const at::Tensor& memb
                   labels.device() == device,
               "units, members, logits, boxes and labels", where, " must be on one device, got ", units.device(),
               ", ", members.device(), ", ", logits.device(), ", ", boxes.device(), ", ", labels.device());
-
-  ImageInputs in;
-  in.height = units.size(0);
-  in.width = units.size(1);
-  in.num_candidates = members.size(0);
-  in.num_words = members.size(1);
-  in.num_classes = logits.size(0);
-  in.num_boxes = boxes.size(0);
-  TORCH_CHECK(in.height * in.width == 0 || in.num_words > 0 || in.num_candidates == 0, "members", where,
+  TORCH_CHECK(units.numel() == 0 || members.size(1) > 0 || members.size(0) == 0, "members", where,
               " has no words, but the image has units; expected shape [N, ceil(U / 64)]");
-  in.units = units.contiguous();
-  in.members = members.contiguous();
-  in.logits = logits.contiguous();
-  in.boxes = boxes.to(at::kDouble).contiguous();
-
-  at::Tensor boxes_cpu = in.boxes.cpu();
-  at::Tensor labels_cpu = labels.to(at::kLong).cpu().contiguous();
-  const double* b = boxes_cpu.data_ptr<double>();
-  const int64_t* l = labels_cpu.data_ptr<int64_t>();
-  in.boxes_host.assign(b, b + 4 * in.num_boxes);
-  in.label_slot.resize(in.num_boxes);
-  in.box_pixels.resize(in.num_boxes);
-  for (int64_t m = 0; m < in.num_boxes; ++m) {
-    TORCH_CHECK(l[m] >= 0 && l[m] < in.num_classes, "labels", where, "[", m, "] = ", l[m],
-                " is outside [0, C) with C = ", in.num_classes, " logit channels");
-    auto it = std::find(in.distinct_labels.begin(), in.distinct_labels.end(), l[m]);
-    if (it == in.distinct_labels.end()) {
-      in.label_slot[m] = static_cast<int32_t>(in.distinct_labels.size());
-      in.distinct_labels.push_back(l[m]);
-    } else {
-      in.label_slot[m] = static_cast<int32_t>(it - in.distinct_labels.begin());
-    }
-    in.box_pixels[m] = math::box_pixel_count(b + 4 * m, in.height, in.width);
-  }
-  return in;
 }
 
+void check_batch_args(at::TensorList units, at::TensorList members, at::TensorList logits, at::TensorList boxes,
+                      at::TensorList labels) {
+  const size_t count = units.size();
+  TORCH_CHECK(members.size() == count && logits.size() == count && boxes.size() == count && labels.size() == count,
+              "proposal_costs_batched needs one units, members, logits, boxes and labels tensor per image; got ",
+              units.size(), ", ", members.size(), ", ", logits.size(), ", ", boxes.size(), ", ", labels.size());
+  for (size_t b = 0; b < count; ++b) {
+    check_image_args(units[b], members[b], logits[b], boxes[b], labels[b], image_where(true, b));
+    TORCH_CHECK(units[b].device() == units[0].device(), "all images of a batch must be on one device; image ", b,
+                " is on ", units[b].device(), ", image 0 on ", units[0].device());
+  }
+}
+
+void fail_label(const std::string& where, int64_t box, int64_t value, int64_t num_classes) {
+  TORCH_CHECK(false, "labels", where, "[", box, "] = ", value, " is outside [0, C) with C = ", num_classes,
+              " logit channels");
+  std::abort();  // unreachable; TORCH_CHECK(false) throws
+}
+
+void fail_box(const std::string& where, int64_t box, const double* c) {
+  TORCH_CHECK(false, "boxes", where, "[", box, "] = (", c[0], ", ", c[1], ", ", c[2], ", ", c[3],
+              ") must be finite with x0 <= x1 and y0 <= y1");
+  std::abort();
+}
+
+void fail_units(const std::string& where, int64_t num_units) {
+  TORCH_CHECK(false, "units", where, " has ids outside [0, 64 * members.size(1)) = [0, ", num_units,
+              "): members is narrower than the units need, or units has negative ids");
+  std::abort();
+}
+
+void fail_logits(const std::string& where) {
+  TORCH_CHECK(false, "logits", where, " must be finite; found NaN or inf");
+  std::abort();
+}
+
+namespace {
+
+// A small per-box tensor (chosen, labels, boxes) on the host: free when it is already there.
+at::Tensor host_copy(const at::Tensor& t, at::ScalarType dtype) { return t.to(at::kCPU, dtype).contiguous(); }
+
+}  // namespace
+
 PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& members, const at::Tensor& chosen,
-                                 const at::Tensor& labels, const c10::optional<at::Tensor>& boxes) {
+                                 const at::Tensor& labels, const c10::optional<at::Tensor>& boxes, bool clip,
+                                 int64_t unassigned) {
   TORCH_CHECK(units.dim() == 2, "units must have shape [H, W], got ", shape_of(units));
   TORCH_CHECK(units.scalar_type() == at::kInt || units.scalar_type() == at::kLong,
               "units must be int32 or int64, got ", units.scalar_type());
@@ -108,9 +126,14 @@ PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& memb
               "labels must have shape [M] with M = chosen.size(0) = ", chosen.size(0), ", got ", shape_of(labels));
   TORCH_CHECK(!at::isFloatingType(labels.scalar_type()), "labels must be an integer tensor, got ",
               labels.scalar_type());
-  TORCH_CHECK(members.device() == units.device() && chosen.device() == units.device() &&
-                  labels.device() == units.device(),
-              "units, members, chosen and labels must be on one device");
+  TORCH_CHECK(members.device() == units.device(), "units and members must be on one device, got ", units.device(),
+              " and ", members.device());
+  for (const at::Tensor* t : {&chosen, &labels}) {
+    TORCH_CHECK(t->device() == units.device() || t->device().is_cpu(),
+                "chosen and labels must be on the device of units or on the CPU, got ", t->device());
+  }
+  TORCH_CHECK(unassigned >= -1 && unassigned <= 255, "unassigned must be -1 (leave) or a label in [0, 255], got ",
+              unassigned);
   PaintInputs in;
   in.units = units.contiguous();
   in.members = members.contiguous();
@@ -118,8 +141,9 @@ PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& memb
   in.width = units.size(1);
   in.num_candidates = members.size(0);
   in.num_words = members.size(1);
-  at::Tensor c = chosen.to(at::kLong).cpu().contiguous();
-  at::Tensor l = labels.to(at::kLong).cpu().contiguous();
+  in.unassigned = unassigned;
+  const at::Tensor c = host_copy(chosen, at::kLong);
+  const at::Tensor l = host_copy(labels, at::kLong);
   in.chosen.assign(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
   in.labels.assign(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + l.numel());
   for (size_t m = 0; m < in.chosen.size(); ++m) {
@@ -133,28 +157,30 @@ PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& memb
     TORCH_CHECK(b.dim() == 2 && b.size(1) == 4 && b.size(0) == chosen.size(0),
                 "boxes must have shape [M, 4] with M = chosen.size(0) = ", chosen.size(0), ", got ", shape_of(b));
     TORCH_CHECK(at::isFloatingType(b.scalar_type()), "boxes must be a floating dtype, got ", b.scalar_type());
-    TORCH_CHECK(b.device() == units.device(), "boxes must be on the device of units");
-    at::Tensor bc = b.to(at::kDouble).cpu().contiguous();
+    TORCH_CHECK(b.device() == units.device() || b.device().is_cpu(),
+                "boxes must be on the device of units or on the CPU, got ", b.device());
+    const at::Tensor bc = host_copy(b, at::kDouble);
     in.boxes.assign(bc.data_ptr<double>(), bc.data_ptr<double>() + bc.numel());
+    in.box_info.resize(in.chosen.size() * math::kBoxInfoFields);
+    for (size_t m = 0; m < in.chosen.size(); ++m) {
+      if (!math::box_is_valid(in.boxes.data() + 4 * m)) fail_box("", static_cast<int64_t>(m), in.boxes.data() + 4 * m);
+      math::box_info(in.boxes.data() + 4 * m, in.labels.data(), static_cast<int64_t>(m), in.height, in.width,
+                     in.box_info.data() + m * math::kBoxInfoFields);
+    }
+    in.clip = clip;
+  } else {
+    TORCH_CHECK(unassigned < 0, "paint_labels needs boxes to mark the boxes without a candidate (unassigned = ",
+                unassigned, ")");
   }
   return in;
 }
 
-std::vector<ImageInputs> prepare_batch_inputs(at::TensorList units, at::TensorList members, at::TensorList logits,
-                                              at::TensorList boxes, at::TensorList labels) {
-  const size_t count = units.size();
-  TORCH_CHECK(members.size() == count && logits.size() == count && boxes.size() == count && labels.size() == count,
-              "proposal_costs_batched needs one units, members, logits, boxes and labels tensor per image; got ",
-              units.size(), ", ", members.size(), ", ", logits.size(), ", ", boxes.size(), ", ", labels.size());
-  std::vector<ImageInputs> inputs;
-  inputs.reserve(count);
-  for (size_t b = 0; b < count; ++b) {
-    inputs.push_back(prepare_image_inputs(units[b], members[b], logits[b], boxes[b], labels[b],
-                                          " (image " + std::to_string(b) + ")"));
-    TORCH_CHECK(units[b].device() == units[0].device(), "all images of a batch must be on one device; image ", b,
-                " is on ", units[b].device(), ", image 0 on ", units[0].device());
-  }
-  return inputs;
+std::vector<int64_t> paint_order(const std::vector<int64_t>& chosen, const std::vector<int64_t>& area) {
+  std::vector<int64_t> order;
+  for (size_t m = 0; m < chosen.size(); ++m)
+    if (chosen[m] >= 0) order.push_back(static_cast<int64_t>(m));
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return area[a] > area[b]; });
+  return order;
 }
 
 void check_pack_masks_input(const at::Tensor& masks) {
@@ -181,7 +207,9 @@ TORCH_LIBRARY(boxsup, m) {
       "Tensor[] mean_ce)");
   m.def("pack_masks(Tensor masks) -> Tensor");
   m.def("unpack_masks(Tensor words, int length) -> Tensor");
-  m.def("paint_labels(Tensor units, Tensor members, Tensor chosen, Tensor labels, Tensor? boxes) -> Tensor");
+  m.def(
+      "paint_labels(Tensor units, Tensor members, Tensor chosen, Tensor labels, Tensor? boxes, bool clip=True, "
+      "int unassigned=-1) -> Tensor");
 }
 
 namespace {
@@ -198,6 +226,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() = "boxsup_ext compiled kernels (ops are registered under torch.ops.boxsup)";
   module.def("cuda_compiled", &cuda_compiled, "True when the CUDA kernels were compiled in");
   module.def("version", []() { return std::string(BOXSUP_VERSION); }, "package version the kernels were built for");
+  module.def("torch_version", []() { return std::string(BOXSUP_TORCH_VERSION); },
+             "torch.__version__ of the torch the kernels were built against");
   module.def("num_threads", []() { return at::get_num_threads(); }, "threads at::parallel_for uses");
   module.def("parallel_info", []() { return at::get_parallel_info(); }, "ATen's parallel backend description");
 }

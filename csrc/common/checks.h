@@ -1,4 +1,5 @@
-// Host-side input checks and preparation shared by the CPU and CUDA kernels.
+// Host-side input checks shared by the CPU and CUDA kernels, and the messages of the errors that a
+// kernel finds in the data (so both backends raise the same words).
 #pragma once
 
 #include <torch/types.h>
@@ -8,42 +9,46 @@
 
 namespace boxsup {
 
-// One image's inputs, checked and made contiguous, plus the small host-side tables the kernels use.
-struct ImageInputs {
-  at::Tensor units;    // [H, W] int32 or int64
-  at::Tensor members;  // [N, W64] int64
-  at::Tensor logits;   // [C, H, W] float32 / float16 / bfloat16
-  at::Tensor boxes;    // [M, 4] float64, on the op's device
-  int64_t height = 0, width = 0, num_candidates = 0, num_words = 0, num_classes = 0, num_boxes = 0;
-  std::vector<int64_t> distinct_labels;  // J distinct classes among the boxes' labels
-  std::vector<int32_t> label_slot;       // [M] index into distinct_labels
-  std::vector<int64_t> box_pixels;       // [M] image pixels inside each box
-  std::vector<double> boxes_host;        // [M * 4]
-};
+// " (image b)" inside proposal_costs_batched, "" for the single-image op.
+std::string image_where(bool batched, size_t image);
 
-// Checks the arguments of proposal_costs for one image; `where` names the image in a batch ("" or
-// " (image 3)"). Throws c10::Error with a message naming the argument on bad input.
-ImageInputs prepare_image_inputs(const at::Tensor& units, const at::Tensor& members, const at::Tensor& logits,
-                                 const at::Tensor& boxes, const at::Tensor& labels, const std::string& where);
+// Ranks, dtypes, shapes and devices of one image's proposal_costs arguments; reads no data, so it
+// never synchronises. Throws c10::Error naming the argument (and the image, through `where`).
+void check_image_args(const at::Tensor& units, const at::Tensor& members, const at::Tensor& logits,
+                      const at::Tensor& boxes, const at::Tensor& labels, const std::string& where);
 
-// Checks the lists of proposal_costs_batched (one tensor of each kind per image, all images on one
-// device) and prepares every image.
-std::vector<ImageInputs> prepare_batch_inputs(at::TensorList units, at::TensorList members, at::TensorList logits,
-                                              at::TensorList boxes, at::TensorList labels);
+// The lists of proposal_costs_batched: one tensor of each kind per image, every image on one device.
+void check_batch_args(at::TensorList units, at::TensorList members, at::TensorList logits, at::TensorList boxes,
+                      at::TensorList labels);
+
+// Errors found in the values. Checked in this order, the first image first.
+[[noreturn]] void fail_label(const std::string& where, int64_t box, int64_t value, int64_t num_classes);
+[[noreturn]] void fail_box(const std::string& where, int64_t box, const double* coordinates);
+[[noreturn]] void fail_units(const std::string& where, int64_t num_units);
+[[noreturn]] void fail_logits(const std::string& where);
 
 // The five per-image output lists of proposal_costs_batched.
 using CostLists = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
                              std::vector<at::Tensor>, std::vector<at::Tensor>>;
 
-// Checks the arguments of paint_labels; returns chosen and labels on the host as int64.
+// Checked arguments of paint_labels: units and members on their device, the small per-box tables on
+// the host (chosen, labels and boxes may be given on the host, which saves a round trip).
 struct PaintInputs {
   at::Tensor units, members;
   std::vector<int64_t> chosen, labels;
-  std::vector<double> boxes;  // empty when no clipping
+  std::vector<double> boxes;  // [M * 4], empty when no boxes were given
+  std::vector<int64_t> box_info;  // [M * kBoxInfoFields] when boxes were given
+  bool clip = false;
+  int64_t unassigned = -1;  // label for the free pixels of a box without a candidate; -1: leave them
   int64_t height = 0, width = 0, num_candidates = 0, num_words = 0;
 };
 PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& members, const at::Tensor& chosen,
-                                 const at::Tensor& labels, const c10::optional<at::Tensor>& boxes);
+                                 const at::Tensor& labels, const c10::optional<at::Tensor>& boxes, bool clip,
+                                 int64_t unassigned);
+
+// The paint order, shared by both backends: the boxes that have a candidate, by descending painted
+// area (ties in box order), so smaller regions are painted last and end on top.
+std::vector<int64_t> paint_order(const std::vector<int64_t>& chosen, const std::vector<int64_t>& area);
 
 // Checks of the other ops' arguments, shared by both backends.
 void check_pack_masks_input(const at::Tensor& masks);

@@ -1,9 +1,13 @@
-// Math shared by the CPU and CUDA kernels of boxsup::proposal_costs.
+// Math shared by the CPU and CUDA kernels of boxsup::proposal_costs and paint_labels.
 //
-// Everything here is a HOST_DEVICE inline function, so the CPU tests exercise exactly the
-// arithmetic the GPU runs (the detectron2 / torchvision habit for box_iou_rotated).
+// Everything here is a HOST_DEVICE inline function: the per-pixel log-sum-exp and cross-entropy
+// terms, the box pixel rule, the fold of unit statistics into candidates and the final IoUs and
+// means. The CPU and CUDA kernels only map work to threads and reduce; the arithmetic is this file's,
+// so the CPU tests exercise the GPU's arithmetic (the detectron2 / torchvision habit for
+// box_iou_rotated), and both backends give the same bits.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -19,16 +23,7 @@
 namespace boxsup {
 namespace math {
 
-// Per-unit integer statistics, stored as rows of (kUnitIntFields + M) int32 values:
-// pixel count, tight box (min x, min y, max x, max y; inclusive) and, per box m, the number of
-// the unit's pixels whose centre lies in box m. CE sums live in a separate double array [U, J]
-// (J = distinct labels), so boxes sharing a class share one sum.
-constexpr int kCount = 0;
-constexpr int kMinX = 1;
-constexpr int kMinY = 2;
-constexpr int kMaxX = 3;
-constexpr int kMaxY = 4;
-constexpr int kUnitIntFields = 5;
+// Empty tight-box corners: min/max start here, so a unit or candidate without pixels folds to nothing.
 constexpr int32_t kEmptyMin = std::numeric_limits<int32_t>::max();
 constexpr int32_t kEmptyMax = -1;
 
@@ -131,6 +126,61 @@ HOST_DEVICE_INLINE F log_at_least_one(F x) {
   return e * 0.693147180559945f + (t + y);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Stage 1, per pixel: the log-sum-exp of its class scores and its cross-entropy terms.
+
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+// log(sum_c exp(load(c))) over num_classes >= 1 scores, two passes (maximum, then the shifted sum)
+// with the branch-free exp/log above. *check becomes non-zero (NaN) when a score is NaN or +-inf:
+// x * 0 is 0 only for finite x. F is float (CPU scalar and CUDA) or an 8-lane CPU vector; the CPU
+// and CUDA kernels both call this, and neither contracts a * b + c into an FMA (-ffp-contract=off,
+// nvcc --fmad=false), so they round identically.
+template <typename F, typename Load>
+HOST_DEVICE_INLINE F logsumexp_classes(const Load& load, int64_t num_classes, F* check) {
+  F top = load(0);
+  F bad = top * 0.0f;
+  for (int64_t c = 1; c < num_classes; ++c) {
+    const F v = load(c);
+    top = v > top ? v : top;
+    bad += v * 0.0f;
+  }
+  F sum = F();
+  for (int64_t c = 0; c < num_classes; ++c) sum += exp_nonpositive(load(c) - top);
+  *check = bad;
+  return top + log_at_least_one(sum);
+}
+
+// -log softmax(x)[label] of one pixel, from its log-sum-exp and the label's score, in float64 so it
+// cannot overflow. Never negative: lse >= the largest score >= the label's score.
+HOST_DEVICE_INLINE double pixel_nll(float lse, float label_score) {
+  return static_cast<double>(lse) - static_cast<double>(label_score);
+}
+
+// Cross-entropy sums are int64 fixed point: each pixel's NLL is rounded to a multiple of 2^-e and
+// the integers are summed. Integer sums do not depend on the order of the additions, so results are
+// the same run to run, thread count to thread count, and CPU to GPU. The exponent is chosen per image
+// so that the image's total, pixels * nll_bound * 2^e, stays below 2^62; a pixel whose NLL exceeds
+// nll_bound is reported (see kernels) and the image is recomputed with its largest NLL as the bound.
+constexpr double kDefaultNllBound = 1024.0;
+constexpr int kMaxCeExponent = 32;
+
+HOST_DEVICE_INLINE int ce_exponent(int64_t pixels, double nll_bound) {
+  const double total = static_cast<double>(pixels > 1 ? pixels : 1) * (nll_bound > 1.0 ? nll_bound : 1.0);
+  int k = 0;
+  frexp(total, &k);  // total < 2^k
+  const int e = 62 - k;
+  return e < kMaxCeExponent ? e : kMaxCeExponent;
+}
+
+HOST_DEVICE_INLINE int64_t to_fixed(double nll, double scale) {
+  return static_cast<int64_t>(nll * scale + 0.5);  // nll >= 0: round half up
+}
+
+// ---------------------------------------------------------------------------------------------
+// Boxes: the pixel rule, checks, and the per-box facts every kernel uses.
+
 // Columns [begin, end) of a W-pixel row whose centres x + 0.5 lie in [lo, hi): the half-open
 // pixel convention of every box in this package. Works for rows too.
 HOST_DEVICE_INLINE void pixel_range(double lo, double hi, int64_t size, int64_t* begin, int64_t* end) {
@@ -156,12 +206,37 @@ HOST_DEVICE_INLINE void pixel_range(double lo, double hi, int64_t size, int64_t*
   *end = ei > bi ? ei : bi;
 }
 
-// Number of image pixels inside a box.
-HOST_DEVICE_INLINE int64_t box_pixel_count(const double* box, int64_t height, int64_t width) {
-  int64_t x0, x1, y0, y1;
-  pixel_range(box[0], box[2], width, &x0, &x1);
-  pixel_range(box[1], box[3], height, &y0, &y1);
-  return (x1 - x0) * (y1 - y0);
+// A box is usable when its coordinates are finite and x0 <= x1, y0 <= y1 (zero area is allowed).
+HOST_DEVICE_INLINE bool box_is_valid(const double* box) {
+  for (int i = 0; i < 4; ++i)
+    if (!(box[i] - box[i] == 0.0)) return false;  // NaN or +-inf
+  return box[0] <= box[2] && box[1] <= box[3];
+}
+
+// What the kernels need of box m: its pixel ranges, its pixel count inside the image, and the CE
+// column it reads (the first box with the same label, so boxes of one class share one sum).
+struct BoxInfo {
+  int64_t col_begin, col_end, row_begin, row_end, pixels, slot;
+};
+constexpr int kBoxInfoFields = 6;
+
+HOST_DEVICE_INLINE void box_info(const double* box, const int64_t* labels, int64_t m, int64_t height, int64_t width,
+                                 int64_t* info) {
+  pixel_range(box[0], box[2], width, &info[0], &info[1]);
+  pixel_range(box[1], box[3], height, &info[2], &info[3]);
+  info[4] = (info[1] - info[0]) * (info[3] - info[2]);
+  int64_t slot = m;
+  for (int64_t k = 0; k < m; ++k) {
+    if (labels[k] == labels[m]) {
+      slot = k;
+      break;
+    }
+  }
+  info[5] = slot;
+}
+
+HOST_DEVICE_INLINE bool pixel_in_box(const int64_t* info, int64_t x, int64_t y) {
+  return x >= info[0] && x < info[1] && y >= info[2] && y < info[3];
 }
 
 // IoU of two continuous rectangles (x0, y0, x1, y1); 0 when the union is empty.
@@ -175,57 +250,113 @@ HOST_DEVICE_INLINE double rect_iou(double ax0, double ay0, double ax1, double ay
   return uni > 0 ? inter / uni : 0.0;
 }
 
-// Merge of two units' integer statistics (the same unit seen by two workers).
-HOST_DEVICE_INLINE void merge_unit_ints(int32_t* into, const int32_t* from, int num_boxes) {
-  into[kCount] += from[kCount];
-  into[kMinX] = from[kMinX] < into[kMinX] ? from[kMinX] : into[kMinX];
-  into[kMinY] = from[kMinY] < into[kMinY] ? from[kMinY] : into[kMinY];
-  into[kMaxX] = from[kMaxX] > into[kMaxX] ? from[kMaxX] : into[kMaxX];
-  into[kMaxY] = from[kMaxY] > into[kMaxY] ? from[kMaxY] : into[kMaxY];
-  for (int m = 0; m < num_boxes; ++m) into[kUnitIntFields + m] += from[kUnitIntFields + m];
-}
+// ---------------------------------------------------------------------------------------------
+// Stage 2: the fold of unit statistics into candidates.
+//
+// Per image, the unit statistics are S = 1 + 2M int64 columns: 0 the pixel count, 1 + m the pixels
+// inside box m, 1 + M + m the fixed-point CE sum of column m (used when m is a box's slot), kept as
+// exclusive prefix sums over units (U + 1 rows, row u = the sum over units < u), and four int32
+// corners per unit (min x, min y, max x, max y; kEmptyMin / kEmptyMax for units without pixels).
+// The layout is the backend's choice (row-major on the CPU, column-major on the GPU); this view
+// hides it, so both backends fold with the same functions.
+constexpr int kCornerFields = 4;
 
-HOST_DEVICE_INLINE void init_candidate_ints(int64_t* acc, int num_boxes) {
-  acc[kCount] = 0;
-  acc[kMinX] = kEmptyMin;
-  acc[kMinY] = kEmptyMin;
-  acc[kMaxX] = kEmptyMax;
-  acc[kMaxY] = kEmptyMax;
-  for (int m = 0; m < num_boxes; ++m) acc[kUnitIntFields + m] = 0;
-}
+HOST_DEVICE_INLINE int64_t sum_columns(int64_t num_boxes) { return 1 + 2 * num_boxes; }
 
-// Outputs of one candidate n from its folded statistics. `ce_sum` is indexed by distinct label,
-// `label_slot[m]` maps box m to its label's slot; `box_pixels[m]` is box m's pixel count.
-HOST_DEVICE_INLINE void finalize_candidate(
-    const int64_t* acc, const double* ce_sum, const double* boxes, const int32_t* label_slot,
-    const int64_t* box_pixels, int num_boxes, int64_t* area_out, float* bbox_out, float* iou_box_out,
-    float* iou_mask_out, float* mean_ce_out) {
-  const int64_t area = acc[kCount];
-  *area_out = area;
-  double bx0 = 0, by0 = 0, bx1 = 0, by1 = 0;
-  if (area > 0) {
-    bx0 = static_cast<double>(acc[kMinX]);
-    by0 = static_cast<double>(acc[kMinY]);
-    bx1 = static_cast<double>(acc[kMaxX] + 1);
-    by1 = static_cast<double>(acc[kMaxY] + 1);
+struct UnitTable {
+  const int64_t* prefix;  // element (u, k) at prefix[u * row_stride + k * col_stride]
+  int64_t row_stride, col_stride;
+  const int32_t* corners;  // corner i of unit u at corners[u * corner_row_stride + i * corner_col_stride]
+  int64_t corner_row_stride, corner_col_stride;
+
+  HOST_DEVICE_INLINE int64_t at(int64_t u, int64_t k) const { return prefix[u * row_stride + k * col_stride]; }
+  HOST_DEVICE_INLINE int32_t corner(int64_t u, int i) const {
+    return corners[u * corner_row_stride + i * corner_col_stride];
   }
-  bbox_out[0] = static_cast<float>(bx0);
-  bbox_out[1] = static_cast<float>(by0);
-  bbox_out[2] = static_cast<float>(bx1);
-  bbox_out[3] = static_cast<float>(by1);
-  for (int m = 0; m < num_boxes; ++m) {
-    const double* box = boxes + 4 * m;
-    if (area > 0) {
-      iou_box_out[m] = static_cast<float>(rect_iou(bx0, by0, bx1, by1, box));
-      const double inter = static_cast<double>(acc[kUnitIntFields + m]);
-      const double uni = static_cast<double>(area) + static_cast<double>(box_pixels[m]) - inter;
-      iou_mask_out[m] = static_cast<float>(uni > 0 ? inter / uni : 0.0);
-      mean_ce_out[m] = static_cast<float>(ce_sum[label_slot[m]] / static_cast<double>(area));
-    } else {
-      iou_box_out[m] = 0.0f;
-      iou_mask_out[m] = 0.0f;
-      mean_ce_out[m] = std::numeric_limits<float>::infinity();
-    }
+};
+
+// Adds columns [k0, k1) of units [first, last) to acc[0 .. k1 - k0). The subtraction is modular, so
+// prefix sums that wrap around int64 across images still give exact differences.
+HOST_DEVICE_INLINE void fold_sums(const UnitTable& t, int64_t first, int64_t last, int64_t k0, int64_t k1,
+                                  int64_t* acc) {
+  for (int64_t k = k0; k < k1; ++k)
+    acc[k - k0] += static_cast<int64_t>(static_cast<uint64_t>(t.at(last, k)) - static_cast<uint64_t>(t.at(first, k)));
+}
+
+// Tight-box corners of units [first, last) merged into corner[0..3] (min x, min y, max x, max y).
+HOST_DEVICE_INLINE void fold_corners(const UnitTable& t, int64_t first, int64_t last, int64_t* corner) {
+  int32_t min_x = kEmptyMin, min_y = kEmptyMin, max_x = kEmptyMax, max_y = kEmptyMax;
+  for (int64_t u = first; u < last; ++u) {
+    const int32_t a = t.corner(u, 0), b = t.corner(u, 1), c = t.corner(u, 2), d = t.corner(u, 3);
+    min_x = a < min_x ? a : min_x;
+    min_y = b < min_y ? b : min_y;
+    max_x = c > max_x ? c : max_x;
+    max_y = d > max_y ? d : max_y;
+  }
+  corner[0] = min_x < corner[0] ? min_x : corner[0];
+  corner[1] = min_y < corner[1] ? min_y : corner[1];
+  corner[2] = max_x > corner[2] ? max_x : corner[2];
+  corner[3] = max_y > corner[3] ? max_y : corner[3];
+}
+
+HOST_DEVICE_INLINE void init_corners(int64_t* corner) {
+  corner[0] = kEmptyMin;
+  corner[1] = kEmptyMin;
+  corner[2] = kEmptyMax;
+  corner[3] = kEmptyMax;
+}
+
+HOST_DEVICE_INLINE int count_trailing_zeros(uint64_t x) {  // x != 0
+#if defined(__CUDA_ARCH__)
+  return __ffsll(static_cast<long long>(x)) - 1;
+#else
+  return __builtin_ctzll(x);
+#endif
+}
+
+// Takes the lowest run of set bits out of *bits (non-zero): bits [*start, *end) of the word.
+HOST_DEVICE_INLINE void next_run(uint64_t* bits, int* start, int* end) {
+  const int s = count_trailing_zeros(*bits);
+  const uint64_t rest = ~(*bits >> s);
+  const int length = rest == 0 ? 64 - s : count_trailing_zeros(rest);
+  *start = s;
+  *end = s + length;
+  *bits = (s + length >= 64) ? 0 : (*bits & (~uint64_t(0) << (s + length)));
+}
+
+// Area and tight box (x0, y0, x1, y1; half-open; zeros when empty) of a candidate from its folded
+// pixel count and corners. bbox_double receives the same box in float64 for the IoUs.
+HOST_DEVICE_INLINE void finalize_bbox(int64_t count, const int64_t* corner, int64_t* area_out, float* bbox_out,
+                                      double* bbox_double) {
+  *area_out = count;
+  double b[4] = {0.0, 0.0, 0.0, 0.0};
+  if (count > 0) {
+    b[0] = static_cast<double>(corner[0]);
+    b[1] = static_cast<double>(corner[1]);
+    b[2] = static_cast<double>(corner[2] + 1);
+    b[3] = static_cast<double>(corner[3] + 1);
+  }
+  for (int i = 0; i < 4; ++i) {
+    bbox_out[i] = static_cast<float>(b[i]);
+    bbox_double[i] = b[i];
+  }
+}
+
+// Outputs of one (candidate, box) pair: IoU of the box with the candidate's tight box, pixel IoU of
+// the candidate with the box's pixels, and the mean CE (+inf for an empty candidate).
+HOST_DEVICE_INLINE void finalize_box(int64_t count, const double* bbox, int64_t inside, int64_t ce_fixed,
+                                     double ce_unscale, const double* box, int64_t box_pixels, float* iou_box_out,
+                                     float* iou_mask_out, float* mean_ce_out) {
+  if (count > 0) {
+    *iou_box_out = static_cast<float>(rect_iou(bbox[0], bbox[1], bbox[2], bbox[3], box));
+    const double inter = static_cast<double>(inside);
+    const double uni = static_cast<double>(count) + static_cast<double>(box_pixels) - inter;
+    *iou_mask_out = static_cast<float>(uni > 0 ? inter / uni : 0.0);
+    *mean_ce_out = static_cast<float>(static_cast<double>(ce_fixed) * ce_unscale / static_cast<double>(count));
+  } else {
+    *iou_box_out = 0.0f;
+    *iou_mask_out = 0.0f;
+    *mean_ce_out = INFINITY;
   }
 }
 

@@ -59,17 +59,20 @@ at::Tensor paint_labels_impl(const PaintInputs& in) {
   const int64_t M = static_cast<int64_t>(in.chosen.size());
   const unit_t* units = in.units.data_ptr<unit_t>();
   const uint64_t* members = reinterpret_cast<const uint64_t*>(in.members.data_ptr<int64_t>());
-  const bool clip = !in.boxes.empty();
   for (int64_t p = 0; p < H * W; ++p) {
     const int64_t u = static_cast<int64_t>(units[p]);
     TORCH_CHECK(u >= 0 && u < W64 * 64, "units has id ", u, " outside [0, 64 * members.size(1)) = [0, ", W64 * 64,
                 ")");
   }
+  // Region m is painted inside [col_begin, col_end) x [row_begin, row_end): its box when clipping.
   std::vector<int64_t> col_begin(M, 0), col_end(M, W), row_begin(M, 0), row_end(M, H);
-  if (clip) {
+  if (in.clip) {
     for (int64_t m = 0; m < M; ++m) {
-      math::pixel_range(in.boxes[4 * m], in.boxes[4 * m + 2], W, &col_begin[m], &col_end[m]);
-      math::pixel_range(in.boxes[4 * m + 1], in.boxes[4 * m + 3], H, &row_begin[m], &row_end[m]);
+      const int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
+      col_begin[m] = info[0];
+      col_end[m] = info[1];
+      row_begin[m] = info[2];
+      row_end[m] = info[3];
     }
   }
   // Painted area of each region (clipped to its box when clipping).
@@ -80,10 +83,7 @@ at::Tensor paint_labels_impl(const PaintInputs& in) {
     for (int64_t y = row_begin[m]; y < row_end[m]; ++y)
       for (int64_t x = col_begin[m]; x < col_end[m]; ++x) area[m] += has_unit(row, units[y * W + x], W64);
   }
-  std::vector<int64_t> order;
-  for (int64_t m = 0; m < M; ++m)
-    if (in.chosen[m] >= 0) order.push_back(m);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return area[a] > area[b]; });
+  const std::vector<int64_t> order = paint_order(in.chosen, area);
 
   at::Tensor out = at::zeros({H, W}, in.units.options().dtype(at::kByte));
   uint8_t* dst = out.data_ptr<uint8_t>();
@@ -97,12 +97,23 @@ at::Tensor paint_labels_impl(const PaintInputs& in) {
           if (has_unit(row, units[y * W + x], W64)) dst[y * W + x] = label;
     });
   }
+  // Boxes without a candidate: their still-unpainted pixels become `unassigned` (ignore, usually).
+  if (in.unassigned >= 0) {
+    for (int64_t m = 0; m < M; ++m) {
+      if (in.chosen[m] >= 0) continue;
+      const int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
+      for (int64_t y = info[2]; y < info[3]; ++y)
+        for (int64_t x = info[0]; x < info[1]; ++x)
+          if (dst[y * W + x] == 0) dst[y * W + x] = static_cast<uint8_t>(in.unassigned);
+    }
+  }
   return out;
 }
 
 at::Tensor paint_labels_cpu(const at::Tensor& units, const at::Tensor& members, const at::Tensor& chosen,
-                            const at::Tensor& labels, const c10::optional<at::Tensor>& boxes) {
-  const PaintInputs in = prepare_paint_inputs(units, members, chosen, labels, boxes);
+                            const at::Tensor& labels, const c10::optional<at::Tensor>& boxes, bool clip,
+                            int64_t unassigned) {
+  const PaintInputs in = prepare_paint_inputs(units, members, chosen, labels, boxes, clip, unassigned);
   return AT_DISPATCH_INDEX_TYPES(in.units.scalar_type(), "paint_labels", [&] { return paint_labels_impl<index_t>(in); });
 }
 

@@ -1,9 +1,10 @@
 // CPU kernel of boxsup::proposal_costs and proposal_costs_batched.
 //
 // Stage 1 makes one pass over the logits, row by row: per pixel the log-sum-exp over classes
-// (vectorised, see row_logsumexp), then per-unit statistics — pixel count, tight box, pixels inside
-// each box, and CE sums for the distinct labels. Stage 2 folds, for each candidate, the statistics
-// of the units whose bits are set, run by run (prefix sums, see fold_run). The arithmetic lives in common/proposal_math.h.
+// (vectorised, see row_logsumexp), then per-unit statistics: pixel count, tight box, pixels inside
+// each box, and fixed-point CE sums for the distinct labels. Stage 2 folds, for each candidate, the
+// prefix sums of the units whose bits are set, run by run. The arithmetic (log-sum-exp, NLL, fixed
+// point, box rule, fold, final IoUs and means) is common/proposal_math.h's, shared with the CUDA kernel.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -12,6 +13,8 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <exception>
+#include <string>
 #include <vector>
 
 #include "../common/checks.h"
@@ -39,87 +42,114 @@ inline math::vfloat8 load8(const float* p) {
 inline void store8(float* p, math::vfloat8 v) { std::memcpy(p, &v, sizeof(v)); }
 #endif
 
-// lse[i] = log(sum_c exp(x_c[i])) for `count` pixels whose class scores start at channel[c].
-// bad[i] becomes NaN when a score is NaN or +-inf (x * 0 is 0 only for finite x). Eight pixels at a
-// time keep all their running maxima and sums in registers across the classes.
+// lse[i] = log(sum_c exp(x_c[i])) for `count` pixels whose class scores start at channel[c], with
+// math::logsumexp_classes (the function the CUDA kernel calls per pixel); bad[i] is non-zero when a
+// score is NaN or +-inf. Eight pixels at a time keep their running maxima and sums in registers.
 BOXSUP_TARGET_CLONES
 void row_logsumexp(const float* const* channel, int64_t num_classes, int64_t count, float* __restrict lse,
                    float* __restrict bad) {
   int64_t i = 0;
 #ifdef BOXSUP_HAVE_VECTOR_FLOAT
   for (; i + 8 <= count; i += 8) {
-    math::vfloat8 top = load8(channel[0] + i);
-    math::vfloat8 check = top * 0.0f;
-    for (int64_t c = 1; c < num_classes; ++c) {
-      const math::vfloat8 v = load8(channel[c] + i);
-      top = v > top ? v : top;
-      check += v * 0.0f;
-    }
-    math::vfloat8 sum = math::splat8(0.0f);
-    for (int64_t c = 0; c < num_classes; ++c) sum += math::exp_nonpositive(load8(channel[c] + i) - top);
-    store8(lse + i, top + math::log_at_least_one(sum));
+    math::vfloat8 check;
+    const math::vfloat8 value =
+        math::logsumexp_classes([&](int64_t c) { return load8(channel[c] + i); }, num_classes, &check);
+    store8(lse + i, value);
     store8(bad + i, check);
   }
 #endif
-  for (; i < count; ++i) {
-    float top = channel[0][i];
-    float check = top * 0.0f;
-    for (int64_t c = 1; c < num_classes; ++c) {
-      const float v = channel[c][i];
-      top = v > top ? v : top;
-      check += v * 0.0f;
-    }
-    float sum = 0.0f;
-    for (int64_t c = 0; c < num_classes; ++c) sum += math::exp_nonpositive(channel[c][i] - top);
-    lse[i] = top + math::log_at_least_one(sum);
-    bad[i] = check;
-  }
+  for (; i < count; ++i) lse[i] = math::logsumexp_classes([&](int64_t c) { return channel[c][i]; }, num_classes, bad + i);
 }
 
-struct UnitStats {
-  std::vector<int32_t> ints;  // [U, 5 + M]
-  std::vector<double> ce;     // [U, J]
+// One image's inputs, checked, with the small per-box tables on the host.
+struct ImageInputs {
+  at::Tensor units, members, logits;
+  int64_t height = 0, width = 0, num_candidates = 0, num_words = 0, num_classes = 0, num_boxes = 0;
+  std::string where;
+  std::vector<double> boxes;      // [M * 4]
+  std::vector<int64_t> labels;    // [M]
+  std::vector<int64_t> box_info;  // [M * kBoxInfoFields]
+  std::vector<int64_t> ce_boxes;  // boxes that own a CE column (the first box of each label)
 };
 
-void init_unit_stats(UnitStats& stats, int64_t num_units, int64_t num_boxes, int64_t num_labels) {
-  const int64_t stride = math::kUnitIntFields + num_boxes;
-  stats.ints.assign(num_units * stride, 0);
-  for (int64_t u = 0; u < num_units; ++u) {
-    int32_t* row = stats.ints.data() + u * stride;
-    row[math::kMinX] = math::kEmptyMin;
-    row[math::kMinY] = math::kEmptyMin;
-    row[math::kMaxX] = math::kEmptyMax;
-    row[math::kMaxY] = math::kEmptyMax;
+ImageInputs prepare_image(const at::Tensor& units, const at::Tensor& members, const at::Tensor& logits,
+                          const at::Tensor& boxes, const at::Tensor& labels, const std::string& where) {
+  check_image_args(units, members, logits, boxes, labels, where);
+  ImageInputs in;
+  in.where = where;
+  in.units = units.contiguous();
+  in.members = members.contiguous();
+  in.logits = logits.contiguous();
+  in.height = units.size(0);
+  in.width = units.size(1);
+  in.num_candidates = members.size(0);
+  in.num_words = members.size(1);
+  in.num_classes = logits.size(0);
+  in.num_boxes = boxes.size(0);
+  const at::Tensor b = boxes.to(at::kDouble).contiguous();
+  const at::Tensor l = labels.to(at::kLong).contiguous();
+  in.boxes.assign(b.data_ptr<double>(), b.data_ptr<double>() + 4 * in.num_boxes);
+  in.labels.assign(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + in.num_boxes);
+  in.box_info.resize(in.num_boxes * math::kBoxInfoFields);
+  for (int64_t m = 0; m < in.num_boxes; ++m) {
+    if (in.labels[m] < 0 || in.labels[m] >= in.num_classes) fail_label(where, m, in.labels[m], in.num_classes);
+    if (!math::box_is_valid(in.boxes.data() + 4 * m)) fail_box(where, m, in.boxes.data() + 4 * m);
+    int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
+    math::box_info(in.boxes.data() + 4 * m, in.labels.data(), m, in.height, in.width, info);
+    if (info[5] == m) in.ce_boxes.push_back(m);
   }
-  stats.ce.assign(num_units * num_labels, 0.0);
+  return in;
 }
+
+// Unit statistics of one image, row-major: sums [(U + 1) * S] (row u + 1 holds unit u while
+// accumulating; row 0 stays zero, so an in-place running sum turns the rows into the exclusive
+// prefix sums math::UnitTable expects) and corners [U * 4].
+struct UnitStats {
+  int64_t columns = 0;
+  std::vector<int64_t> sums;
+  std::vector<int32_t> corners;
+  double max_nll = 0.0;  // largest pixel NLL above the bound, 0 when none
+
+  void init(int64_t num_units, int64_t num_columns) {
+    columns = num_columns;
+    sums.assign((num_units + 1) * num_columns, 0);
+    corners.resize(num_units * math::kCornerFields);
+    for (int64_t u = 0; u < num_units; ++u) {
+      int32_t* c = corners.data() + u * math::kCornerFields;
+      c[0] = c[1] = math::kEmptyMin;
+      c[2] = c[3] = math::kEmptyMax;
+    }
+  }
+
+  math::UnitTable table() const { return {sums.data(), columns, 1, corners.data(), math::kCornerFields, 1}; }
+};
+
+struct Flags {
+  std::atomic<bool> bad_unit{false}, bad_logit{false};
+};
 
 // Stage 1 over rows [row_begin, row_end) of one image.
 template <typename unit_t, typename logit_t>
-void accumulate_rows(const ImageInputs& in, int64_t num_units, int64_t row_begin, int64_t row_end, UnitStats& stats,
-                     std::atomic<bool>& bad_unit, std::atomic<bool>& bad_logit) {
+void accumulate_rows(const ImageInputs& in, int64_t num_units, int64_t row_begin, int64_t row_end, double ce_scale,
+                     double nll_bound, UnitStats& stats, Flags& flags) {
   const int64_t H = in.height, W = in.width, C = in.num_classes, M = in.num_boxes;
-  const int64_t J = static_cast<int64_t>(in.distinct_labels.size());
-  const int64_t stride = math::kUnitIntFields + M;
+  const int64_t S = stats.columns;
+  const int64_t num_ce = static_cast<int64_t>(in.ce_boxes.size());
   const unit_t* units = in.units.data_ptr<unit_t>();
   const logit_t* logits = in.logits.data_ptr<logit_t>();
-  const bool need_logits = J > 0;
+  const bool need_logits = M > 0;
 
-  std::vector<int64_t> col_begin(M), col_end(M), row_lo(M), row_hi(M);
-  for (int64_t m = 0; m < M; ++m) {
-    const double* box = in.boxes_host.data() + 4 * m;
-    math::pixel_range(box[0], box[2], W, &col_begin[m], &col_end[m]);
-    math::pixel_range(box[1], box[3], H, &row_lo[m], &row_hi[m]);
-  }
   std::vector<float> lse(kBlock), bad(kBlock);
   std::vector<float> converted(std::is_same<logit_t, float>::value ? 0 : C * kBlock);
   std::vector<const float*> channel(C);
-  std::vector<const float*> label_row(J);
-  int32_t* ints = stats.ints.data();
-  double* ce = stats.ce.data();
+  std::vector<const float*> label_row(num_ce);
+  int64_t* sums = stats.sums.data();
+  int32_t* corners = stats.corners.data();
+  double max_nll = stats.max_nll;
 
   for (int64_t y = row_begin; y < row_end; ++y) {
     const unit_t* unit_row = units + y * W;
+    const int32_t y32 = static_cast<int32_t>(y);
     for (int64_t x0 = 0; x0 < W; x0 += kBlock) {
       const int64_t count = std::min(kBlock, W - x0);
       if (need_logits) {
@@ -136,97 +166,66 @@ void accumulate_rows(const ImageInputs& in, int64_t num_units, int64_t row_begin
         row_logsumexp(channel.data(), C, count, lse.data(), bad.data());
         float bad_sum = 0.0f;
         for (int64_t i = 0; i < count; ++i) bad_sum += bad[i];
-        if (!(bad_sum == 0.0f)) bad_logit = true;
-        for (int64_t j = 0; j < J; ++j) label_row[j] = channel[in.distinct_labels[j]];
+        if (!(bad_sum == 0.0f)) flags.bad_logit = true;
+        for (int64_t j = 0; j < num_ce; ++j) label_row[j] = channel[in.labels[in.ce_boxes[j]]];
       }
       for (int64_t i = 0; i < count; ++i) {
         const int64_t u = static_cast<int64_t>(unit_row[x0 + i]);
         if (u < 0 || u >= num_units) {
-          bad_unit = true;
+          flags.bad_unit = true;
           continue;
         }
         const int32_t x = static_cast<int32_t>(x0 + i);
-        int32_t* row = ints + u * stride;
-        row[math::kCount] += 1;
-        row[math::kMinX] = x < row[math::kMinX] ? x : row[math::kMinX];
-        row[math::kMaxX] = x > row[math::kMaxX] ? x : row[math::kMaxX];
-        row[math::kMinY] = static_cast<int32_t>(y) < row[math::kMinY] ? static_cast<int32_t>(y) : row[math::kMinY];
-        row[math::kMaxY] = static_cast<int32_t>(y);  // rows are visited in increasing order per chunk
-        double* ce_row = ce + u * J;
-        for (int64_t j = 0; j < J; ++j) ce_row[j] += static_cast<double>(lse[i] - label_row[j][i]);
+        int64_t* row = sums + (u + 1) * S;
+        row[0] += 1;
+        int32_t* corner = corners + u * math::kCornerFields;
+        corner[0] = x < corner[0] ? x : corner[0];
+        corner[1] = y32 < corner[1] ? y32 : corner[1];
+        corner[2] = x > corner[2] ? x : corner[2];
+        corner[3] = y32;  // rows are visited in increasing order per worker
+        for (int64_t j = 0; j < num_ce; ++j) {
+          const double nll = math::pixel_nll(lse[i], label_row[j][i]);
+          if (nll > nll_bound) max_nll = nll > max_nll ? nll : max_nll;
+          row[1 + M + in.ce_boxes[j]] += math::to_fixed(nll, ce_scale);
+        }
       }
     }
     for (int64_t m = 0; m < M; ++m) {
-      if (y < row_lo[m] || y >= row_hi[m]) continue;
-      for (int64_t x = col_begin[m]; x < col_end[m]; ++x) {
+      const int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
+      if (y < info[2] || y >= info[3]) continue;
+      for (int64_t x = info[0]; x < info[1]; ++x) {
         const int64_t u = static_cast<int64_t>(unit_row[x]);
-        if (u >= 0 && u < num_units) ints[u * stride + math::kUnitIntFields + m] += 1;
+        if (u >= 0 && u < num_units) sums[(u + 1) * S + 1 + m] += 1;
       }
     }
   }
+  stats.max_nll = max_nll;
 }
 
-void merge_unit_stats(UnitStats& into, const UnitStats& from, int64_t num_units, int64_t stride, int64_t num_labels) {
+void merge_unit_stats(UnitStats& into, const UnitStats& from, int64_t num_units) {
+  const int64_t S = into.columns;
   at::parallel_for(0, num_units, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t k = (begin + 1) * S; k < (end + 1) * S; ++k) into.sums[k] += from.sums[k];
     for (int64_t u = begin; u < end; ++u) {
-      math::merge_unit_ints(into.ints.data() + u * stride, from.ints.data() + u * stride,
-                               static_cast<int>(stride - math::kUnitIntFields));
-      for (int64_t j = 0; j < num_labels; ++j) into.ce[u * num_labels + j] += from.ce[u * num_labels + j];
+      int32_t* a = into.corners.data() + u * math::kCornerFields;
+      const int32_t* b = from.corners.data() + u * math::kCornerFields;
+      a[0] = std::min(a[0], b[0]);
+      a[1] = std::min(a[1], b[1]);
+      a[2] = std::max(a[2], b[2]);
+      a[3] = std::max(a[3], b[3]);
     }
   });
+  into.max_nll = std::max(into.max_nll, from.max_nll);
 }
 
-// Unit statistics rearranged for folding runs of units: prefix sums of the pixel count and of the
-// per-box and per-label sums, and the tight-box corners as separate arrays.
-struct FoldTables {
-  std::vector<int64_t> count_prefix;  // [U + 1]
-  std::vector<int64_t> inbox_prefix;  // [(U + 1) * M]
-  std::vector<double> ce_prefix;      // [(U + 1) * J]
-  std::vector<int32_t> min_x, min_y, max_x, max_y;  // [U]
-};
-
-FoldTables build_fold_tables(const UnitStats& stats, int64_t num_units, int64_t M, int64_t J) {
-  const int64_t stride = math::kUnitIntFields + M;
-  FoldTables t;
-  t.count_prefix.assign(num_units + 1, 0);
-  t.inbox_prefix.assign((num_units + 1) * M, 0);
-  t.ce_prefix.assign((num_units + 1) * J, 0.0);
-  t.min_x.resize(num_units);
-  t.min_y.resize(num_units);
-  t.max_x.resize(num_units);
-  t.max_y.resize(num_units);
-  for (int64_t u = 0; u < num_units; ++u) {
-    const int32_t* row = stats.ints.data() + u * stride;
-    t.count_prefix[u + 1] = t.count_prefix[u] + row[math::kCount];
-    for (int64_t m = 0; m < M; ++m)
-      t.inbox_prefix[(u + 1) * M + m] = t.inbox_prefix[u * M + m] + row[math::kUnitIntFields + m];
-    for (int64_t j = 0; j < J; ++j) t.ce_prefix[(u + 1) * J + j] = t.ce_prefix[u * J + j] + stats.ce[u * J + j];
-    t.min_x[u] = row[math::kMinX];
-    t.min_y[u] = row[math::kMinY];
-    t.max_x[u] = row[math::kMaxX];
-    t.max_y[u] = row[math::kMaxY];
-  }
-  return t;
-}
-
-// Adds units [first, last) to a candidate's accumulators (layout of math::init_candidate_ints).
-// Units without pixels carry empty corners (kEmptyMin / kEmptyMax), so min/max skip them.
-inline void fold_run(const FoldTables& t, int64_t first, int64_t last, int64_t M, int64_t J, int64_t* acc,
-                     double* ce_acc) {
-  acc[math::kCount] += t.count_prefix[last] - t.count_prefix[first];
-  for (int64_t m = 0; m < M; ++m) acc[math::kUnitIntFields + m] += t.inbox_prefix[last * M + m] - t.inbox_prefix[first * M + m];
-  for (int64_t j = 0; j < J; ++j) ce_acc[j] += t.ce_prefix[last * J + j] - t.ce_prefix[first * J + j];
-  int32_t min_x = math::kEmptyMin, min_y = math::kEmptyMin, max_x = math::kEmptyMax, max_y = math::kEmptyMax;
-  for (int64_t u = first; u < last; ++u) {
-    min_x = t.min_x[u] < min_x ? t.min_x[u] : min_x;
-    min_y = t.min_y[u] < min_y ? t.min_y[u] : min_y;
-    max_x = t.max_x[u] > max_x ? t.max_x[u] : max_x;
-    max_y = t.max_y[u] > max_y ? t.max_y[u] : max_y;
-  }
-  acc[math::kMinX] = min_x < acc[math::kMinX] ? min_x : acc[math::kMinX];
-  acc[math::kMinY] = min_y < acc[math::kMinY] ? min_y : acc[math::kMinY];
-  acc[math::kMaxX] = max_x > acc[math::kMaxX] ? max_x : acc[math::kMaxX];
-  acc[math::kMaxY] = max_y > acc[math::kMaxY] ? max_y : acc[math::kMaxY];
+// Rows 1..U hold per-unit sums; after this, row u holds the sum over units < u.
+void to_prefix_sums(UnitStats& stats, int64_t num_units) {
+  const int64_t S = stats.columns;
+  int64_t* sums = stats.sums.data();
+  for (int64_t u = 1; u <= num_units; ++u)
+    for (int64_t k = 0; k < S; ++k)
+      sums[u * S + k] = static_cast<int64_t>(static_cast<uint64_t>(sums[u * S + k]) +
+                                             static_cast<uint64_t>(sums[(u - 1) * S + k]));
 }
 
 struct CostOutputs {
@@ -242,42 +241,57 @@ CostOutputs allocate_outputs(const ImageInputs& in) {
           at::empty({in.num_candidates, in.num_boxes}, opts.dtype(at::kFloat))};
 }
 
-CostOutputs proposal_costs_one_image(const ImageInputs& in) {
-  CostOutputs out = allocate_outputs(in);
-  const int64_t N = in.num_candidates, M = in.num_boxes;
-  if (N == 0) return out;
-  const int64_t J = static_cast<int64_t>(in.distinct_labels.size());
+// Stage 1 for one image with the CE fixed point of `nll_bound`; returns the largest pixel NLL above
+// the bound (0 when none, i.e. the sums are exact and cannot have overflowed).
+double unit_statistics(const ImageInputs& in, double nll_bound, UnitStats& stats) {
   const int64_t num_units = in.num_words * 64;
-  const int64_t stride = math::kUnitIntFields + M;
-
-  // Stage 1: per-unit statistics, one partial set per worker, merged afterwards.
+  const int64_t S = math::sum_columns(in.num_boxes);
+  const double ce_scale = std::ldexp(1.0, math::ce_exponent(in.height * in.width, nll_bound));
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), in.height));
   std::vector<UnitStats> partial(workers);
-  std::atomic<bool> bad_unit{false}, bad_logit{false};
+  Flags flags;
   const int64_t rows_per_worker = (in.height + workers - 1) / workers;
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
     for (int64_t w = begin; w < end; ++w) {
-      UnitStats& stats = partial[w];
-      init_unit_stats(stats, num_units, M, J);
+      UnitStats& part = partial[w];
+      part.init(num_units, S);
       const int64_t r0 = w * rows_per_worker, r1 = std::min(in.height, r0 + rows_per_worker);
       AT_DISPATCH_INDEX_TYPES(in.units.scalar_type(), "proposal_costs_units", [&] {
         using unit_t = index_t;
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.logits.scalar_type(), "proposal_costs", [&] {
-          accumulate_rows<unit_t, scalar_t>(in, num_units, r0, r1, stats, bad_unit, bad_logit);
+          accumulate_rows<unit_t, scalar_t>(in, num_units, r0, r1, ce_scale, nll_bound, part, flags);
         });
       });
     }
   });
-  TORCH_CHECK(!bad_unit, "units has ids outside [0, 64 * members.size(1)) = [0, ", num_units,
-              "): members is narrower than the units need, or units has negative ids");
-  TORCH_CHECK(!bad_logit, "logits must be finite; found NaN or inf");
-  UnitStats& stats = partial[0];
-  for (int64_t w = 1; w < workers; ++w) merge_unit_stats(stats, partial[w], num_units, stride, J);
+  if (flags.bad_unit) fail_units(in.where, num_units);
+  if (flags.bad_logit) fail_logits(in.where);
+  stats = std::move(partial[0]);
+  for (int64_t w = 1; w < workers; ++w) merge_unit_stats(stats, partial[w], num_units);
+  return stats.max_nll;
+}
 
-  // Stage 2: fold the statistics of each candidate's units. Sums over a run of consecutive set bits
-  // come from prefix sums in O(1); the tight box is a (vectorised) min/max over the run. Per-pixel
-  // candidates are long runs; superpixel candidates, short ones.
-  const FoldTables tables = build_fold_tables(stats, num_units, M, J);
+CostOutputs proposal_costs_one_image(const ImageInputs& in) {
+  CostOutputs out = allocate_outputs(in);
+  const int64_t N = in.num_candidates, M = in.num_boxes;
+  if (N == 0) return out;
+  const int64_t num_units = in.num_words * 64;
+  const int64_t S = math::sum_columns(M);
+
+  // Stage 1: per-unit statistics, one partial set per worker, merged afterwards. A pixel NLL above
+  // the fixed-point bound (absurd logits) makes the image run again with a bound that fits it.
+  UnitStats stats;
+  double nll_bound = math::kDefaultNllBound;
+  const double above = unit_statistics(in, nll_bound, stats);
+  if (above > 0.0) {
+    nll_bound = above;
+    unit_statistics(in, nll_bound, stats);
+  }
+  const double ce_unscale = std::ldexp(1.0, -math::ce_exponent(in.height * in.width, nll_bound));
+  to_prefix_sums(stats, num_units);
+  const math::UnitTable table = stats.table();
+
+  // Stage 2: fold the statistics of each candidate's units, run by run over consecutive set bits.
   const int64_t* members = in.members.data_ptr<int64_t>();
   int64_t* area = out.area.data_ptr<int64_t>();
   float* bbox = out.bbox.data_ptr<float>();
@@ -285,34 +299,43 @@ CostOutputs proposal_costs_one_image(const ImageInputs& in) {
   float* iou_mask = out.iou_mask.data_ptr<float>();
   float* mean_ce = out.mean_ce.data_ptr<float>();
   at::parallel_for(0, N, 64, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> acc(stride);
-    std::vector<double> ce_acc(J);
+    std::vector<int64_t> acc(S);
     for (int64_t n = begin; n < end; ++n) {
-      math::init_candidate_ints(acc.data(), static_cast<int>(M));
-      std::fill(ce_acc.begin(), ce_acc.end(), 0.0);
+      std::fill(acc.begin(), acc.end(), 0);
+      int64_t corner[math::kCornerFields];
+      math::init_corners(corner);
       const uint64_t* words = reinterpret_cast<const uint64_t*>(members + n * in.num_words);
+      // Runs may cross word boundaries here (long per-pixel runs fold in one step).
       int64_t run_start = -1;
       uint64_t carry = 0;  // the previous word's top bit
       for (int64_t w = 0; w < in.num_words; ++w) {
         const uint64_t x = words[w];
         const uint64_t previous = (x << 1) | carry;
-        uint64_t edges = (x & ~previous) | (~x & previous);  // run starts and (exclusive) run ends
+        uint64_t edges = x ^ previous;  // run starts and (exclusive) run ends
         carry = x >> 63;
         while (edges) {
-          const int64_t position = w * 64 + __builtin_ctzll(edges);
+          const int64_t position = w * 64 + math::count_trailing_zeros(edges);
           edges &= edges - 1;
           if (run_start < 0) {
             run_start = position;
           } else {
-            fold_run(tables, run_start, position, M, J, acc.data(), ce_acc.data());
+            math::fold_sums(table, run_start, position, 0, S, acc.data());
+            math::fold_corners(table, run_start, position, corner);
             run_start = -1;
           }
         }
       }
-      if (run_start >= 0) fold_run(tables, run_start, in.num_words * 64, M, J, acc.data(), ce_acc.data());
-      math::finalize_candidate(acc.data(), ce_acc.data(), in.boxes_host.data(), in.label_slot.data(),
-                               in.box_pixels.data(), static_cast<int>(M), area + n, bbox + 4 * n, iou_box + n * M,
-                               iou_mask + n * M, mean_ce + n * M);
+      if (run_start >= 0) {
+        math::fold_sums(table, run_start, num_units, 0, S, acc.data());
+        math::fold_corners(table, run_start, num_units, corner);
+      }
+      double box[4];
+      math::finalize_bbox(acc[0], corner, area + n, bbox + 4 * n, box);
+      for (int64_t m = 0; m < M; ++m) {
+        const int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
+        math::finalize_box(acc[0], box, acc[1 + m], acc[1 + M + info[5]], ce_unscale, in.boxes.data() + 4 * m,
+                           info[4], iou_box + n * M + m, iou_mask + n * M + m, mean_ce + n * M + m);
+      }
     }
   });
   return out;
@@ -321,20 +344,34 @@ CostOutputs proposal_costs_one_image(const ImageInputs& in) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> proposal_costs_cpu(
     const at::Tensor& units, const at::Tensor& members, const at::Tensor& logits, const at::Tensor& boxes,
     const at::Tensor& labels) {
-  const ImageInputs in = prepare_image_inputs(units, members, logits, boxes, labels, "");
+  const ImageInputs in = prepare_image(units, members, logits, boxes, labels, image_where(false, 0));
   CostOutputs out = proposal_costs_one_image(in);
   return {out.area, out.bbox, out.iou_box, out.iou_mask, out.mean_ce};
 }
 
 CostLists proposal_costs_batched_cpu(at::TensorList units, at::TensorList members, at::TensorList logits,
                                      at::TensorList boxes, at::TensorList labels) {
-  const std::vector<ImageInputs> inputs = prepare_batch_inputs(units, members, logits, boxes, labels);
-  const size_t B = inputs.size();
+  check_batch_args(units, members, logits, boxes, labels);
+  const size_t B = units.size();
+  std::vector<ImageInputs> inputs;
+  inputs.reserve(B);
+  for (size_t b = 0; b < B; ++b)
+    inputs.push_back(prepare_image(units[b], members[b], logits[b], boxes[b], labels[b], image_where(true, b)));
   std::vector<CostOutputs> outs(B);
-  // Many images: one image per worker (nested parallel_for calls run inline). One image: its rows in parallel.
+  std::vector<std::exception_ptr> errors(B);
+  // Many images: one image per worker (nested parallel_for calls run inline). One image: its rows in
+  // parallel. The error of the first failing image is the one reported, whatever the thread count.
   at::parallel_for(0, static_cast<int64_t>(B), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) outs[b] = proposal_costs_one_image(inputs[b]);
+    for (int64_t b = begin; b < end; ++b) {
+      try {
+        outs[b] = proposal_costs_one_image(inputs[b]);
+      } catch (...) {
+        errors[b] = std::current_exception();
+      }
+    }
   });
+  for (const auto& error : errors)
+    if (error) std::rethrow_exception(error);
   CostLists result;
   for (auto& o : outs) {
     std::get<0>(result).push_back(o.area);
