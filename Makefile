@@ -17,7 +17,7 @@ CUDA_TORCH_SPEC ?= torch==2.14.1
 CUDA_HOME ?= /usr/local/cuda
 TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 
-.PHONY: setup demo test bench cuda-check clean
+.PHONY: setup demo test bench cuda-check gpu-check clean
 
 setup: $(STAMP)
 
@@ -57,6 +57,15 @@ cuda-check:
 		has = [torch._C._dispatch_has_kernel_for_dispatch_key('boxsup::' + op, 'CUDA') for op in \
 		       ('proposal_costs', 'proposal_costs_batched', 'pack_masks', 'unpack_masks', 'paint_labels')]; \
 		print('CUDA kernels registered:', has); sys.exit(0 if info['cuda_compiled'] and all(has) else 1)"
+
+# The device check, on a machine with a GPU (ARCHITECTURE.md section 5; about 5 minutes on one H200
+# with the build): builds the CUDA kernels in place with that machine's python3 and torch, then runs
+# benchmarks/gpu_check.py, which exits non-zero on any failure and writes its JSON report.
+GPU_PYTHON ?= python3
+GPU_CHECK_JSON ?= $(DEMO_OUT)/gpu_check.json
+gpu-check:
+	MAX_JOBS=$${MAX_JOBS:-8} $(GPU_PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+	$(GPU_PYTHON) benchmarks/gpu_check.py --device cuda --json $(GPU_CHECK_JSON)
 
 clean:
 	rm -rf build *.egg-info boxsup_ext/_C*.so

@@ -18,19 +18,55 @@ Plain float64 references of each op are in :mod:`boxsup_ext.reference`.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from boxsup_ext.reference import ProposalCosts, num_words
 
+_REBUILD = "pip install --no-build-isolation ."
+
+
+def _built_against(library_dir: str) -> Optional[str]:
+    """The torch version recorded in the compiled library's file (readable even when it fails to load)."""
+    import glob
+    import re
+
+    for path in glob.glob(os.path.join(library_dir, "_C*.so")) + glob.glob(os.path.join(library_dir, "_C*.pyd")):
+        try:
+            with open(path, "rb") as handle:
+                found = re.search(rb"boxsup-built-against-torch=([0-9A-Za-z.+_-]+)", handle.read())
+        except OSError:
+            continue
+        if found:
+            return found.group(1).decode()
+    return None
+
+
+def _base_version(version: str) -> str:
+    return version.split("+", 1)[0]
+
+
 try:
     from boxsup_ext import _C  # noqa: F401  (registers torch.ops.boxsup)
-except ImportError as err:  # pragma: no cover - exercised only on a broken install
+except ImportError as err:  # exercised by tests/test_ops.py with a library that cannot load
+    built = _built_against(os.path.dirname(os.path.abspath(__file__)))
+    against = f"built against torch {built}" if built else "built against an unknown torch"
     raise ImportError(
-        "boxsup_ext._C (the compiled kernels) could not be loaded: "
-        f"{err}. Build them with `pip install --no-build-isolation .` (or `make test`)."
+        f"boxsup_ext._C (the compiled kernels, {against}) could not be loaded under the installed torch "
+        f"{torch.__version__}: {err}. Rebuild them against this torch: `{_REBUILD}` (or `make setup`)."
     ) from err
+
+_BUILT_AGAINST = getattr(_C, "torch_version", lambda: "unknown")()
+if _base_version(_BUILT_AGAINST) != _base_version(torch.__version__):
+    warnings.warn(
+        f"boxsup_ext._C was built against torch {_BUILT_AGAINST} but torch {torch.__version__} is installed; "
+        f"rebuild it with `{_REBUILD}` if anything fails",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 __all__ = [
     "ProposalCosts",
@@ -51,6 +87,7 @@ def build_info() -> dict:
         "version": _C.version(),
         "cuda_compiled": bool(_C.cuda_compiled()),
         "num_threads": int(_C.num_threads()),
+        "torch_built_against": _BUILT_AGAINST,
         "cuda_available": torch.cuda.is_available(),
     }
 
@@ -151,6 +188,9 @@ def paint_labels(
     chosen: torch.Tensor,
     labels: torch.Tensor,
     boxes: Optional[torch.Tensor] = None,
+    *,
+    clip: bool = True,
+    unassigned: Optional[int] = None,
 ) -> torch.Tensor:
     """Paint a label map from the candidate chosen for each box.
 
@@ -158,13 +198,20 @@ def paint_labels(
         units: int32/int64 [H, W]; members: int64 [N, W64] (units form of the candidates).
         chosen: int64 [M], index of the candidate chosen for box m, or -1 for none.
         labels: int64 [M], class painted for box m, in [0, 255].
-        boxes: optional float [M, 4]; when given, each candidate is clipped to its box.
+        boxes: optional float [M, 4] (finite, x0 <= x1, y0 <= y1).
+        clip: with ``boxes``, paint each candidate only inside its box.
+        unassigned: with ``boxes``, the label (e.g. 255, ignore) given to the still-background
+            pixels inside the box of each box whose ``chosen`` is -1; None leaves them background.
+        ``chosen``, ``labels`` and ``boxes`` may be on the CPU while units and members are on a GPU
+        (they are read on the host anyway; this saves a copy).
 
     Returns:
-        uint8 [H, W]: background 0 everywhere no region covers; regions painted in descending
-        painted area (ties in box order), so smaller regions end on top.
+        uint8 [H, W] on the device of ``units``: background 0 everywhere no region covers; regions
+        painted in descending painted area (ties in box order), so smaller regions end on top.
     """
-    return torch.ops.boxsup.paint_labels(units, members, chosen, labels, boxes)
+    return torch.ops.boxsup.paint_labels(
+        units, members, chosen, labels, boxes, clip, -1 if unassigned is None else int(unassigned)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,6 +233,12 @@ def _check_image_shapes(units, members, logits, boxes, labels, where: str = "") 
     torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: f"boxes{where} must have shape [M, 4]")
     torch._check(
         labels.dim() == 1 and labels.shape[0] == boxes.shape[0], lambda: f"labels{where} must have shape [M]"
+    )
+    devices = [t.device for t in (units, members, logits, boxes, labels)]
+    torch._check(
+        all(device == devices[0] for device in devices),
+        lambda: f"units, members, logits, boxes and labels{where} must be on one device, got "
+        + ", ".join(str(device) for device in devices),
     )
 
 
@@ -215,6 +268,10 @@ def _proposal_costs_batched_fake(units, members, logits, boxes, labels):
     outs = []
     for i, args in enumerate(zip(units, members, logits, boxes, labels)):
         _check_image_shapes(*args, where=f" (image {i})")
+        torch._check(
+            args[0].device == units[0].device,
+            lambda: f"all images of a batch must be on one device; image {i} is on {args[0].device}",
+        )
         outs.append(_fake_costs(args[0], args[1], args[3]))
     return tuple(list(field) for field in zip(*outs)) if outs else ([], [], [], [], [])
 
@@ -233,9 +290,18 @@ def _unpack_masks_fake(words, length):
 
 
 @torch.library.register_fake("boxsup::paint_labels")
-def _paint_labels_fake(units, members, chosen, labels, boxes):
+def _paint_labels_fake(units, members, chosen, labels, boxes, clip=True, unassigned=-1):
     torch._check(units.dim() == 2, lambda: "units must have shape [H, W]")
     torch._check(chosen.dim() == 1 and labels.shape == chosen.shape, lambda: "chosen and labels must be [M]")
+    torch._check(members.device == units.device, lambda: "units and members must be on one device")
+    for name, tensor in (("chosen", chosen), ("labels", labels), ("boxes", boxes)):
+        if tensor is not None:
+            torch._check(
+                tensor.device == units.device or tensor.device.type == "cpu",
+                lambda: f"{name} must be on the device of units or on the CPU, got {tensor.device}",
+            )
     if boxes is not None:
         torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: "boxes must have shape [M, 4]")
+    torch._check(-1 <= unassigned <= 255, lambda: "unassigned must be -1 (leave) or a label in [0, 255]")
+    torch._check(boxes is not None or unassigned < 0, lambda: "paint_labels needs boxes to mark the boxes without a candidate")
     return units.new_empty(units.shape, dtype=torch.uint8)

@@ -159,12 +159,15 @@ def paint_labels(
     chosen: torch.Tensor,
     labels: torch.Tensor,
     boxes: Optional[torch.Tensor] = None,
+    clip: bool = True,
+    unassigned: Optional[int] = None,
 ) -> torch.Tensor:
     """Reference for :func:`boxsup_ext.ops.paint_labels`: uint8 [H, W] label map.
 
-    Box m paints candidate ``chosen[m]`` (clipped to box m when ``boxes`` is given) with
-    ``labels[m]``; -1 paints nothing. Regions are painted in descending painted area (ties: box
-    order), so smaller regions end on top. Everything unpainted is background 0.
+    Box m paints candidate ``chosen[m]`` (clipped to box m when ``boxes`` is given and ``clip``)
+    with ``labels[m]``; -1 paints nothing. Regions are painted in descending painted area (ties: box
+    order), so smaller regions end on top. Everything unpainted is background 0, except that with
+    ``unassigned`` the background pixels inside the box of a box with ``chosen`` -1 take that label.
     """
     masks = unpack_members(units.cpu(), members.cpu())
     h, w = units.shape
@@ -174,10 +177,15 @@ def paint_labels(
         if index < 0:
             continue
         region = masks[index]
-        if boxes is not None:
+        if boxes is not None and clip:
             region = region & box_pixel_mask(boxes[j].tolist(), h, w)
         regions.append((-int(region.sum()), j, region))
     out = torch.zeros(h, w, dtype=torch.uint8)
     for _, j, region in sorted(regions, key=lambda item: (item[0], item[1])):
         out[region] = int(labels[j])
+    if unassigned is not None and boxes is not None:
+        for j in range(chosen.shape[0]):
+            if int(chosen[j]) < 0:
+                free = box_pixel_mask(boxes[j].tolist(), h, w) & (out == 0)
+                out[free] = int(unassigned)
     return out

@@ -20,7 +20,6 @@ of images, on the GPU where there is one).
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
@@ -30,44 +29,6 @@ from torch import nn
 
 from boxsup_ext.data.palette import IGNORE_LABEL  # its one home: the torch-free data package
 from boxsup_ext.models import image_to_tensor, predict_logits
-
-
-def cost_ops() -> Any:
-    """The module that provides ``proposal_costs_batched`` and ``paint_labels``: the compiled
-    :mod:`boxsup_ext.ops` when it is built, else the float64 reference (slow; warns once)."""
-    global _COST_OPS
-    if _COST_OPS is None:
-        try:
-            from boxsup_ext import ops as compiled
-
-            _COST_OPS = compiled
-        except ImportError as err:
-            warnings.warn(
-                f"boxsup_ext.ops is not importable ({err}); relabeling with the slow reference. "
-                "Build it with `pip install --no-build-isolation -e .`",
-                stacklevel=2,
-            )
-            _COST_OPS = _ReferenceOps()
-    return _COST_OPS
-
-
-class _ReferenceOps:
-    """:mod:`boxsup_ext.reference` under the compiled module's names."""
-
-    @staticmethod
-    def proposal_costs_batched(units, members, logits, boxes, labels) -> list:
-        from boxsup_ext import reference
-
-        return [reference.proposal_costs(*item) for item in zip(units, members, logits, boxes, labels)]
-
-    @staticmethod
-    def paint_labels(units, members, chosen, labels, boxes=None):
-        from boxsup_ext import reference
-
-        return reference.paint_labels(units, members, chosen, labels, boxes)
-
-
-_COST_OPS: Any = None
 
 
 @dataclass(frozen=True)
@@ -148,11 +109,10 @@ def sample_topk(cost: torch.Tensor, k: int, generator: torch.Generator) -> torch
 
 
 def _gather(values: torch.Tensor, chosen: torch.Tensor) -> np.ndarray:
-    out = np.full(chosen.shape[0], np.nan, dtype=np.float32)
-    for j, index in enumerate(chosen.tolist()):
-        if index >= 0:
-            out[j] = float(values[index, j])
-    return out
+    """values [N, M] at (chosen[m], m) as float32 [M]; NaN where chosen is -1."""
+    columns = torch.arange(chosen.shape[0])
+    picked = values.detach().cpu().float()[chosen.clamp(min=0), columns] if values.shape[0] else torch.zeros(len(chosen))
+    return torch.where(chosen >= 0, picked, torch.full_like(picked, float("nan"))).numpy()
 
 
 @torch.no_grad()
@@ -167,9 +127,11 @@ def relabel_batch(
     """Relabel a batch of images with one fused-op call. ``model`` must be in eval mode.
 
     The network runs on each full image (no augmentation); its logits are resized bilinearly to
-    the units map's size before the costs are computed.
+    the units map's size before the costs are computed. Boxes, labels and the chosen candidates
+    stay on the host (the op reads them there); units, members and logits go to ``device`` once.
     """
-    ops = cost_ops()
+    from boxsup_ext import ops  # the compiled op; a missing build is one clear ImportError
+
     op_inputs = []
     for item in batch:
         tensor = image_to_tensor(item.image).to(device)
@@ -187,42 +149,30 @@ def relabel_batch(
     all_costs = ops.proposal_costs_batched(*(list(column) for column in zip(*op_inputs)))
     results = []
     for item, inputs, costs in zip(batch, op_inputs, all_costs):
-        units, members, _, boxes, labels = inputs
+        units, members = inputs[0], inputs[1]
         cost = assignment_cost(costs, settings.lam, settings.iou, settings.min_iou).cpu()
         chosen = sample_topk(cost, settings.topk, image_generator(seed, epoch, item.image_id))
         label = ops.paint_labels(
-            units, members, chosen.to(units.device), labels, boxes if settings.clip_to_box else None
+            units,
+            members,
+            chosen,
+            torch.from_numpy(np.ascontiguousarray(item.labels, dtype=np.int64)),
+            torch.from_numpy(np.ascontiguousarray(item.boxes, dtype=np.float32)),
+            clip=settings.clip_to_box,
+            unassigned=IGNORE_LABEL,  # a box without any candidate is ignored, not background
         )
-        label = label.cpu().numpy().astype(np.uint8)
-        mark_unassigned_boxes(label, item.boxes, chosen.numpy())
         overlap = costs.iou_box if settings.iou == "box" else costs.iou_mask
         results.append(
             RelabelResult(
                 item.image_id,
-                label,
+                label.cpu().numpy(),
                 chosen.numpy(),
                 _gather(cost, chosen),
-                _gather(overlap.cpu(), chosen),
-                _gather(costs.mean_ce.cpu(), chosen),
+                _gather(overlap, chosen),
+                _gather(costs.mean_ce, chosen),
             )
         )
     return results
-
-
-def mark_unassigned_boxes(label: np.ndarray, boxes: np.ndarray, chosen: np.ndarray) -> None:
-    """Set background pixels inside boxes whose ``chosen`` is -1 to ignore (255), in place.
-
-    Pixel (y, x) is inside box (x0, y0, x1, y1) when (x + 0.5, y + 0.5) is in [x0, x1) x [y0, y1).
-    """
-    height, width = label.shape
-    for box, index in zip(boxes, chosen):
-        if index >= 0:
-            continue
-        x0, y0, x1, y1 = (float(v) for v in box)
-        cols = slice(max(0, int(np.ceil(x0 - 0.5))), min(width, int(np.ceil(x1 - 0.5))))
-        rows = slice(max(0, int(np.ceil(y0 - 0.5))), min(height, int(np.ceil(y1 - 0.5))))
-        region = label[rows, cols]
-        region[region == 0] = IGNORE_LABEL
 
 
 def paint_instances(masks: np.ndarray, labels: np.ndarray, height: int, width: int) -> np.ndarray:

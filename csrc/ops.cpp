@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <sstream>
 
 #include "common/checks.h"
@@ -226,7 +227,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.doc() = "boxsup_ext compiled kernels (ops are registered under torch.ops.boxsup)";
   module.def("cuda_compiled", &cuda_compiled, "True when the CUDA kernels were compiled in");
   module.def("version", []() { return std::string(BOXSUP_VERSION); }, "package version the kernels were built for");
-  module.def("torch_version", []() { return std::string(BOXSUP_TORCH_VERSION); },
+  // The marker is also found by boxsup_ext.ops in the library file when the library fails to load.
+  static const char* const kBuiltAgainst = "boxsup-built-against-torch=" BOXSUP_TORCH_VERSION;
+  module.def("torch_version", []() { return std::string(kBuiltAgainst + std::strlen("boxsup-built-against-torch=")); },
              "torch.__version__ of the torch the kernels were built against");
   module.def("num_threads", []() { return at::get_num_threads(); }, "threads at::parallel_for uses");
   module.def("parallel_info", []() { return at::get_parallel_info(); }, "ATen's parallel backend description");

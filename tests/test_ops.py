@@ -331,3 +331,106 @@ def test_cuda_paint_pack_match_cpu(clip):
 def test_build_info():
     info = ops.build_info()
     assert info["version"] and isinstance(info["cuda_compiled"], bool) and info["num_threads"] >= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The GPU-path defects, where the CPU can show them (the device check covers the rest on a GPU).
+
+
+def test_single_image_errors_do_not_name_an_image():
+    args = good_args()
+    args[4] = torch.tensor([0, 9])
+    with pytest.raises(RuntimeError, match=r"^labels\[1\] = 9 is outside"):
+        ops.proposal_costs(*args)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.tensor([[0.0, 0.0, 2.0, 2.0], [float("nan"), 0.0, 1.0, 1.0]]), r"boxes\[1\] = \(nan, 0, 1, 1\) must be finite"),
+    (torch.tensor([[3.0, 0.0, 1.0, 2.0], [0.0, 0.0, 1.0, 1.0]]), r"boxes\[0\] = \(3, 0, 1, 2\) must be finite with x0 <= x1"),
+    (torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, float("inf"), 1.0, 1.0]]), r"boxes\[1\] .* must be finite"),
+])
+def test_nan_and_inverted_boxes_are_rejected(bad, match):
+    args = good_args()
+    args[3] = bad
+    with pytest.raises(RuntimeError, match=match):
+        ops.proposal_costs(*args)
+    with pytest.raises(RuntimeError, match=match.replace("boxes", r"boxes \(image 1\)", 1)):
+        ops.proposal_costs_batched(*[list(column) for column in zip(good_args(), args)])
+    units, members = args[0], args[1]
+    with pytest.raises(RuntimeError, match=match):
+        ops.paint_labels(units, members, torch.tensor([0, 1]), torch.tensor([1, 2]), bad)
+
+
+def test_mixed_logit_dtypes_in_a_batch_are_each_read_in_their_own_dtype():
+    half = random_image(1, 9, 70, 5, 2, 4, torch.float16)
+    big = list(random_image(2, 11, 65, 6, 3, 4, torch.float32))
+    big[2] = big[2] * 30000.0  # beyond float16's range: would become inf if cast to image 0's dtype
+    batched = ops.proposal_costs_batched(*[list(column) for column in zip(half, big)])
+    for args, got in zip((half, big), batched):
+        want = ops.proposal_costs(*args)
+        for field in want._fields:
+            assert torch.equal(getattr(got, field), getattr(want, field)), field
+    assert_costs_close(batched[1], ref.proposal_costs(*big))
+
+
+def test_images_without_boxes_never_read_their_logits():
+    nan_image = list(good_args())
+    nan_image[2] = torch.full_like(nan_image[2], float("nan"))
+    nan_image[3], nan_image[4] = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
+    out = ops.proposal_costs_batched(*[list(column) for column in zip(nan_image, good_args(), nan_image)])
+    assert out[0].mean_ce.shape == (4, 0) and torch.isfinite(out[1].mean_ce[out[1].area > 0]).all()
+
+
+def test_results_are_bit_identical_across_runs_and_thread_counts():
+    images = [random_image(seed, 137, 150, 20, 4, 6, dtype) for seed, dtype in enumerate(DTYPES)]
+    images.append(random_image(9, 23, 31, 12, 3, 5, per_pixel=True))
+    columns = [list(column) for column in zip(*images)]
+    threads = torch.get_num_threads()
+    try:  # one image per call splits its rows over the threads; a batch gives each image a thread
+        torch.set_num_threads(1)
+        one = [ops.proposal_costs(*args) for args in images] + ops.proposal_costs_batched(*columns)
+        torch.set_num_threads(2)
+        two = [ops.proposal_costs(*args) for args in images] + ops.proposal_costs_batched(*columns)
+        again = [ops.proposal_costs(*args) for args in images] + ops.proposal_costs_batched(*columns)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(one, two, again):
+        for field in a._fields:
+            assert torch.equal(getattr(a, field), getattr(b, field)) and torch.equal(getattr(b, field), getattr(c, field))
+
+
+def test_outputs_own_their_storage():
+    images = [random_image(seed, 10 + seed, 20, 5, 2, 3) for seed in range(3)]
+    for costs in ops.proposal_costs_batched(*[list(column) for column in zip(*images)]):
+        for field in costs._fields:
+            t = getattr(costs, field)
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), field
+
+
+def test_huge_logit_gaps_keep_mean_ce_exact():
+    # Pixel NLLs far above the fixed-point bound: the image is recomputed with a bound that fits.
+    for scale in (1e4, 1e30):
+        args = list(random_image(4, 30, 40, 8, 3, 5))
+        args[2] = args[2] * scale
+        got, want = ops.proposal_costs(*args), ref.proposal_costs(*args)
+        finite = torch.isfinite(want.mean_ce)
+        torch.testing.assert_close(got.mean_ce[finite], want.mean_ce[finite], rtol=1e-5, atol=0)
+
+
+def test_fake_kernels_check_devices_like_the_kernels():
+    units, members, logits, boxes, labels = good_args()
+    with pytest.raises(RuntimeError, match="must be on one device"):
+        ops.proposal_costs(units.to("meta"), members, logits, boxes, labels)
+    with pytest.raises(RuntimeError, match="must be on one device"):
+        ops.proposal_costs_batched([units.to("meta")], [members], [logits], [boxes], [labels])
+    meta = ops.proposal_costs(*[t.to("meta") for t in (units, members, logits, boxes, labels)])
+    assert meta.mean_ce.shape == (members.shape[0], boxes.shape[0]) and meta.mean_ce.device.type == "meta"
+
+
+def test_the_build_records_the_torch_it_was_built_against():
+    import os
+
+    info = ops.build_info()
+    assert info["torch_built_against"] == torch.__version__
+    # readable from the library file too, for the message when loading fails
+    assert ops._built_against(os.path.dirname(ops.__file__)) == torch.__version__

@@ -12,7 +12,6 @@ from boxsup_ext.relabel import (
     RelabelSettings,
     assignment_cost,
     image_generator,
-    mark_unassigned_boxes,
     paint_instances,
     relabel_batch,
     sample_topk,
@@ -80,12 +79,24 @@ def test_sampling_is_seeded_by_seed_epoch_image_only():
     assert sample_topk(torch.ones(6, 2), 1, image_generator(0, 0, "x")).tolist() == [0, 0]
 
 
-def test_mark_unassigned_boxes_and_paint_instances():
-    label = np.zeros((6, 8), np.uint8)
-    label[0, 0] = 3
-    mark_unassigned_boxes(label, np.array([[0, 0, 2.4, 2], [4, 4, 8, 6]], np.float32), np.array([-1, 0]))
-    assert (label[:2, :2][label[:2, :2] != 3] == IGNORE_LABEL).all() and label[0, 0] == 3
-    assert label[2:, :].max() == 0 and label[:, 2:].max() == 0  # x = 2 has centre 2.5 >= 2.4
+def test_unassigned_boxes_are_ignored_by_the_paint_op_and_paint_instances():
+    from boxsup_ext import ops
+
+    corner = torch.zeros(6, 8, dtype=torch.bool)
+    corner[0, 0] = True
+    units, members = ops.masks_to_units(corner[None])
+    boxes = torch.tensor([[0, 0, 8, 6], [0, 0, 2.4, 2], [4, 4, 8, 6]], dtype=torch.float32)
+    # box 0 paints the corner pixel; box 1 has no candidate; box 2 has one, so its rectangle stays 0
+    label = ops.paint_labels(units, members, torch.tensor([0, -1, -1]), torch.tensor([3, 1, 2]), boxes,
+                             clip=False, unassigned=IGNORE_LABEL)
+    label2 = ops.paint_labels(units, members, torch.tensor([0, -1, 0]), torch.tensor([3, 1, 2]), boxes,
+                              clip=True, unassigned=IGNORE_LABEL)
+    for got in (label, label2):
+        assert got[0, 0] == 3 and (got[:2, :2][got[:2, :2] != 3] == IGNORE_LABEL).all()
+        assert got[:, 2:][got[:, 2:] != IGNORE_LABEL].max() == 0 and got[2:, :2].max() == 0  # 2.4: x = 2 is out
+    assert (label[4:, 4:] == IGNORE_LABEL).all() and (label2[4:, 4:] == 0).all()
+    assert torch.equal(label, reference.paint_labels(units, members, torch.tensor([0, -1, -1]), torch.tensor([3, 1, 2]),
+                                                     boxes, clip=False, unassigned=IGNORE_LABEL))
     masks = np.zeros((2, 4, 4), bool)
     masks[0] = True
     masks[1, 1:3, 1:3] = True

@@ -124,10 +124,28 @@ __global__ void paint_kernel(const unit_t* units, int64_t height, int64_t width,
   }
 }
 
+// Pixels still background inside the rectangle of a box without a candidate take `label`.
+__global__ void mark_unassigned_kernel(int64_t height, int64_t width, const int64_t* rects, int num_rects,
+                                       uint8_t label, uint8_t* out) {
+  const int64_t total = height * width;
+  for (int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; p < total;
+       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if (out[p] != 0) continue;
+    const int64_t y = p / width, x = p % width;
+    for (int k = 0; k < num_rects; ++k) {
+      if (math::pixel_in_box(rects + k * math::kBoxInfoFields, x, y)) {
+        out[p] = label;
+        break;
+      }
+    }
+  }
+}
+
 at::Tensor paint_labels_cuda(const at::Tensor& units, const at::Tensor& members, const at::Tensor& chosen,
-                             const at::Tensor& labels, const c10::optional<at::Tensor>& boxes) {
+                             const at::Tensor& labels, const c10::optional<at::Tensor>& boxes, bool clip,
+                             int64_t unassigned) {
+  const PaintInputs in = prepare_paint_inputs(units, members, chosen, labels, boxes, clip, unassigned);
   const at::cuda::CUDAGuard guard(units.device());
-  const PaintInputs in = prepare_paint_inputs(units, members, chosen, labels, boxes);
   const int64_t H = in.height, W = in.width, W64 = in.num_words;
   at::Tensor out = at::zeros({H, W}, in.units.options().dtype(at::kByte));
   const uint64_t* member_rows = reinterpret_cast<const uint64_t*>(in.members.data_ptr<int64_t>());
@@ -135,9 +153,12 @@ at::Tensor paint_labels_cuda(const at::Tensor& units, const at::Tensor& members,
   for (size_t m = 0; m < in.chosen.size(); ++m) {
     if (in.chosen[m] < 0) continue;
     PaintRegion r{member_rows + in.chosen[m] * W64, 0, W, 0, H, static_cast<int32_t>(in.labels[m])};
-    if (!in.boxes.empty()) {
-      math::pixel_range(in.boxes[4 * m], in.boxes[4 * m + 2], W, &r.c0, &r.c1);
-      math::pixel_range(in.boxes[4 * m + 1], in.boxes[4 * m + 3], H, &r.r0, &r.r1);
+    if (in.clip) {
+      const int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
+      r.c0 = info[0];
+      r.c1 = info[1];
+      r.r0 = info[2];
+      r.r1 = info[3];
     }
     regions.push_back(r);
   }
@@ -160,9 +181,9 @@ at::Tensor paint_labels_cuda(const at::Tensor& units, const at::Tensor& members,
   TORCH_CHECK(bad.item<int32_t>() == 0, "units has ids outside [0, 64 * members.size(1)) = [0, ", W64 * 64, ")");
   const at::Tensor area_host = area.cpu();
   const int64_t* a = area_host.data_ptr<int64_t>();
-  std::vector<int32_t> order(R);
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return a[x] > a[y]; });
+  // The shared paint order over the regions (region k is the k-th box with a candidate).
+  const std::vector<int64_t> region_chosen(R, 0);
+  const std::vector<int64_t> order = paint_order(region_chosen, std::vector<int64_t>(a, a + R));
   at::Tensor order_host = at::empty({std::max(R, 1)}, at::TensorOptions().dtype(at::kInt));
   std::copy(order.begin(), order.end(), order_host.data_ptr<int32_t>());
   const at::Tensor order_dev = order_host.to(units.device());
@@ -172,6 +193,22 @@ at::Tensor paint_labels_cuda(const at::Tensor& units, const at::Tensor& members,
         out.data_ptr<uint8_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (in.unassigned >= 0) {
+    std::vector<int64_t> rects;
+    for (size_t m = 0; m < in.chosen.size(); ++m)
+      if (in.chosen[m] < 0)
+        rects.insert(rects.end(), in.box_info.begin() + m * math::kBoxInfoFields,
+                     in.box_info.begin() + (m + 1) * math::kBoxInfoFields);
+    if (!rects.empty()) {
+      at::Tensor rects_host = at::empty({static_cast<int64_t>(rects.size())}, at::TensorOptions().dtype(at::kLong));
+      std::copy(rects.begin(), rects.end(), rects_host.data_ptr<int64_t>());
+      const at::Tensor rects_dev = rects_host.to(units.device());
+      mark_unassigned_kernel<<<blocks_for(H * W), kThreads, 0, stream>>>(
+          H, W, rects_dev.data_ptr<int64_t>(), static_cast<int>(rects.size() / math::kBoxInfoFields),
+          static_cast<uint8_t>(in.unassigned), out.data_ptr<uint8_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  }
   return out;
 }
 
