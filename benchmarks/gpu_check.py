@@ -146,6 +146,10 @@ def check_parity(device: str, quick: bool) -> dict:
                                       num_units=None if h * w else 1))
         on_device = [to(a, device) for a in images]
         batched = ops.proposal_costs_batched(*[list(column) for column in zip(*on_device)])
+        if i % 2:
+            with scratch_budget_mb(1):  # split into groups: the same bits
+                for got, split in zip(batched, ops.proposal_costs_batched(*[list(c) for c in zip(*on_device)])):
+                    compare(split, got, exact=True)
         for args, got in zip(on_device, batched):
             compare(got, ops.proposal_costs(*args), exact=True)  # batched == per-image, bit for bit
             compare(got, ops.proposal_costs(*[t.cpu() for t in args]), exact=False)
@@ -179,6 +183,20 @@ def error_message(fn: Callable[[], object]) -> str:
     except RuntimeError as err:
         return str(err).splitlines()[0]
     raise AssertionError("no error raised")
+
+
+@contextlib.contextmanager
+def scratch_budget_mb(megabytes: int):
+    """Makes the CUDA op split every batch into groups of (about) one image."""
+    previous = os.environ.get("BOXSUP_CUDA_SCRATCH_MB")
+    os.environ["BOXSUP_CUDA_SCRATCH_MB"] = str(megabytes)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["BOXSUP_CUDA_SCRATCH_MB"]
+        else:
+            os.environ["BOXSUP_CUDA_SCRATCH_MB"] = previous
 
 
 def check_errors(device: str) -> dict:
@@ -215,6 +233,18 @@ def check_errors(device: str) -> dict:
         if cpu != dev or cpu_b != dev_b or "(image 0)" in dev or "(image 1)" not in dev_b:
             raise AssertionError(f"{name}: messages differ: {cpu!r} / {dev!r}; {cpu_b!r} / {dev_b!r}")
         checked[name] = dev
+    # A batch split into groups by the scratch budget reports errors in the same order as the CPU:
+    # a bad label anywhere before a bad unit in an earlier image.
+    bad_units, bad_labels = list(good), list(good)
+    bad_units[0] = torch.full((8, 9), -1, dtype=torch.int64)
+    bad_labels[4] = torch.tensor([0, 7])
+    batch = [bad_units, list(good), bad_labels]
+    cpu = error_message(lambda: ops.proposal_costs_batched(*[list(c) for c in zip(*batch)]))
+    with scratch_budget_mb(1):
+        dev = error_message(lambda: ops.proposal_costs_batched(*[list(c) for c in zip(*[to(a, device) for a in batch])]))
+    if cpu != dev or "labels (image 2)" not in dev:
+        raise AssertionError(f"split batch: messages differ: {cpu!r} / {dev!r}")
+    checked["split batch order"] = dev
     # An image without boxes never reads its logits, NaN or not, also beside one that has boxes.
     nan_image = list(good)
     nan_image[2] = torch.full((3, 8, 9), float("nan"))

@@ -58,7 +58,7 @@ void check_image_args(const at::Tensor& units, const at::Tensor& members, const 
   TORCH_CHECK(labels.dim() == 1 && labels.size(0) == boxes.size(0), "labels", where,
               " must have shape [M] with M = boxes.size(0) = ", boxes.size(0), ", got ", shape_of(labels));
   TORCH_CHECK(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt, "labels", where,
-              " must be int64, got ", labels.scalar_type());
+              " must be int32 or int64, got ", labels.scalar_type());
   const auto device = units.device();
   TORCH_CHECK(members.device() == device && logits.device() == device && boxes.device() == device &&
                   labels.device() == device,

@@ -175,7 +175,9 @@ HOST_DEVICE_INLINE int ce_exponent(int64_t pixels, double nll_bound) {
 }
 
 HOST_DEVICE_INLINE int64_t to_fixed(double nll, double scale) {
-  return static_cast<int64_t>(nll * scale + 0.5);  // nll >= 0: round half up
+  const double x = nll * scale + 0.5;  // nll >= 0: round half up
+  // Saturate instead of an undefined conversion; such a pixel is above the bound and its image reruns.
+  return x < 9.0e18 ? static_cast<int64_t>(x) : INT64_MAX;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -256,7 +258,7 @@ HOST_DEVICE_INLINE double rect_iou(double ax0, double ay0, double ax1, double ay
 // Per image, the unit statistics are S = 1 + 2M int64 columns: 0 the pixel count, 1 + m the pixels
 // inside box m, 1 + M + m the fixed-point CE sum of column m (used when m is a box's slot), kept as
 // exclusive prefix sums over units (U + 1 rows, row u = the sum over units < u), and four int32
-// corners per unit (min x, min y, max x, max y; kEmptyMin / kEmptyMax for units without pixels).
+// corner arrays (min x, min y, max x, max y; kEmptyMin / kEmptyMax for units without pixels).
 // The layout is the backend's choice (row-major on the CPU, column-major on the GPU); this view
 // hides it, so both backends fold with the same functions.
 constexpr int kCornerFields = 4;
@@ -266,13 +268,10 @@ HOST_DEVICE_INLINE int64_t sum_columns(int64_t num_boxes) { return 1 + 2 * num_b
 struct UnitTable {
   const int64_t* prefix;  // element (u, k) at prefix[u * row_stride + k * col_stride]
   int64_t row_stride, col_stride;
-  const int32_t* corners;  // corner i of unit u at corners[u * corner_row_stride + i * corner_col_stride]
-  int64_t corner_row_stride, corner_col_stride;
+  const int32_t* corners;  // corner i of unit u at corners[i * corner_stride + u]: four arrays, which
+  int64_t corner_stride;   // the CPU's run folds read with vector instructions
 
   HOST_DEVICE_INLINE int64_t at(int64_t u, int64_t k) const { return prefix[u * row_stride + k * col_stride]; }
-  HOST_DEVICE_INLINE int32_t corner(int64_t u, int i) const {
-    return corners[u * corner_row_stride + i * corner_col_stride];
-  }
 };
 
 // Adds columns [k0, k1) of units [first, last) to acc[0 .. k1 - k0). The subtraction is modular, so
@@ -286,12 +285,15 @@ HOST_DEVICE_INLINE void fold_sums(const UnitTable& t, int64_t first, int64_t las
 // Tight-box corners of units [first, last) merged into corner[0..3] (min x, min y, max x, max y).
 HOST_DEVICE_INLINE void fold_corners(const UnitTable& t, int64_t first, int64_t last, int64_t* corner) {
   int32_t min_x = kEmptyMin, min_y = kEmptyMin, max_x = kEmptyMax, max_y = kEmptyMax;
+  const int32_t* a = t.corners;
+  const int32_t* b = t.corners + t.corner_stride;
+  const int32_t* c = t.corners + 2 * t.corner_stride;
+  const int32_t* d = t.corners + 3 * t.corner_stride;
   for (int64_t u = first; u < last; ++u) {
-    const int32_t a = t.corner(u, 0), b = t.corner(u, 1), c = t.corner(u, 2), d = t.corner(u, 3);
-    min_x = a < min_x ? a : min_x;
-    min_y = b < min_y ? b : min_y;
-    max_x = c > max_x ? c : max_x;
-    max_y = d > max_y ? d : max_y;
+    min_x = a[u] < min_x ? a[u] : min_x;
+    min_y = b[u] < min_y ? b[u] : min_y;
+    max_x = c[u] > max_x ? c[u] : max_x;
+    max_y = d[u] > max_y ? d[u] : max_y;
   }
   corner[0] = min_x < corner[0] ? min_x : corner[0];
   corner[1] = min_y < corner[1] ? min_y : corner[1];

@@ -61,8 +61,7 @@ at::Tensor paint_labels_impl(const PaintInputs& in) {
   const uint64_t* members = reinterpret_cast<const uint64_t*>(in.members.data_ptr<int64_t>());
   for (int64_t p = 0; p < H * W; ++p) {
     const int64_t u = static_cast<int64_t>(units[p]);
-    TORCH_CHECK(u >= 0 && u < W64 * 64, "units has id ", u, " outside [0, 64 * members.size(1)) = [0, ", W64 * 64,
-                ")");
+    if (u < 0 || u >= W64 * 64) fail_units("", W64 * 64);
   }
   // Region m is painted inside [col_begin, col_end) x [row_begin, row_end): its box when clipping.
   std::vector<int64_t> col_begin(M, 0), col_end(M, W), row_begin(M, 0), row_end(M, H);

@@ -103,25 +103,25 @@ ImageInputs prepare_image(const at::Tensor& units, const at::Tensor& members, co
 
 // Unit statistics of one image, row-major: sums [(U + 1) * S] (row u + 1 holds unit u while
 // accumulating; row 0 stays zero, so an in-place running sum turns the rows into the exclusive
-// prefix sums math::UnitTable expects) and corners [U * 4].
+// prefix sums math::UnitTable expects) and corners [4 * U] (four arrays).
 struct UnitStats {
   int64_t columns = 0;
   std::vector<int64_t> sums;
   std::vector<int32_t> corners;
   double max_nll = 0.0;  // largest pixel NLL above the bound, 0 when none
 
+  int64_t units = 0;
+
   void init(int64_t num_units, int64_t num_columns) {
     columns = num_columns;
+    units = num_units;
     sums.assign((num_units + 1) * num_columns, 0);
     corners.resize(num_units * math::kCornerFields);
-    for (int64_t u = 0; u < num_units; ++u) {
-      int32_t* c = corners.data() + u * math::kCornerFields;
-      c[0] = c[1] = math::kEmptyMin;
-      c[2] = c[3] = math::kEmptyMax;
-    }
+    std::fill(corners.begin(), corners.begin() + 2 * num_units, math::kEmptyMin);
+    std::fill(corners.begin() + 2 * num_units, corners.end(), math::kEmptyMax);
   }
 
-  math::UnitTable table() const { return {sums.data(), columns, 1, corners.data(), math::kCornerFields, 1}; }
+  math::UnitTable table() const { return {sums.data(), columns, 1, corners.data(), units}; }
 };
 
 struct Flags {
@@ -144,7 +144,10 @@ void accumulate_rows(const ImageInputs& in, int64_t num_units, int64_t row_begin
   std::vector<const float*> channel(C);
   std::vector<const float*> label_row(num_ce);
   int64_t* sums = stats.sums.data();
-  int32_t* corners = stats.corners.data();
+  int32_t* min_x = stats.corners.data();
+  int32_t* min_y = min_x + num_units;
+  int32_t* max_x = min_y + num_units;
+  int32_t* max_y = max_x + num_units;
   double max_nll = stats.max_nll;
 
   for (int64_t y = row_begin; y < row_end; ++y) {
@@ -178,11 +181,10 @@ void accumulate_rows(const ImageInputs& in, int64_t num_units, int64_t row_begin
         const int32_t x = static_cast<int32_t>(x0 + i);
         int64_t* row = sums + (u + 1) * S;
         row[0] += 1;
-        int32_t* corner = corners + u * math::kCornerFields;
-        corner[0] = x < corner[0] ? x : corner[0];
-        corner[1] = y32 < corner[1] ? y32 : corner[1];
-        corner[2] = x > corner[2] ? x : corner[2];
-        corner[3] = y32;  // rows are visited in increasing order per worker
+        min_x[u] = x < min_x[u] ? x : min_x[u];
+        min_y[u] = y32 < min_y[u] ? y32 : min_y[u];
+        max_x[u] = x > max_x[u] ? x : max_x[u];
+        max_y[u] = y32;  // rows are visited in increasing order per worker
         for (int64_t j = 0; j < num_ce; ++j) {
           const double nll = math::pixel_nll(lse[i], label_row[j][i]);
           if (nll > nll_bound) max_nll = nll > max_nll ? nll : max_nll;
@@ -207,12 +209,10 @@ void merge_unit_stats(UnitStats& into, const UnitStats& from, int64_t num_units)
   at::parallel_for(0, num_units, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t k = (begin + 1) * S; k < (end + 1) * S; ++k) into.sums[k] += from.sums[k];
     for (int64_t u = begin; u < end; ++u) {
-      int32_t* a = into.corners.data() + u * math::kCornerFields;
-      const int32_t* b = from.corners.data() + u * math::kCornerFields;
-      a[0] = std::min(a[0], b[0]);
-      a[1] = std::min(a[1], b[1]);
-      a[2] = std::max(a[2], b[2]);
-      a[3] = std::max(a[3], b[3]);
+      for (int64_t i = 0; i < 2; ++i)
+        into.corners[i * num_units + u] = std::min(into.corners[i * num_units + u], from.corners[i * num_units + u]);
+      for (int64_t i = 2; i < 4; ++i)
+        into.corners[i * num_units + u] = std::max(into.corners[i * num_units + u], from.corners[i * num_units + u]);
     }
   });
   into.max_nll = std::max(into.max_nll, from.max_nll);

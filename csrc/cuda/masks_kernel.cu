@@ -178,7 +178,7 @@ at::Tensor paint_labels_cuda(const at::Tensor& units, const at::Tensor& members,
         reinterpret_cast<unsigned long long*>(area.data_ptr<int64_t>()), bad.data_ptr<int32_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  TORCH_CHECK(bad.item<int32_t>() == 0, "units has ids outside [0, 64 * members.size(1)) = [0, ", W64 * 64, ")");
+  if (bad.item<int32_t>() != 0) fail_units("", W64 * 64);
   const at::Tensor area_host = area.cpu();
   const int64_t* a = area_host.data_ptr<int64_t>();
   // The shared paint order over the regions (region k is the k-th box with a candidate).

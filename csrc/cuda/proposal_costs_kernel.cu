@@ -290,7 +290,7 @@ __global__ void fold_candidates_kernel(Batch t, int64_t total_candidates) {
     const int64_t n = c - im.cand_begin;
     const uint64_t* words = reinterpret_cast<const uint64_t*>(im.members) + n * im.num_words;
     const int64_t S = im.num_columns, M = im.num_boxes;
-    const math::UnitTable table{t.sums + im.sums_begin, 1, im.num_units + 1, t.corners + im.unit_begin, 1,
+    const math::UnitTable table{t.sums + im.sums_begin, 1, im.num_units + 1, t.corners + im.unit_begin,
                                 t.total_units};
     int64_t* folded = t.scratch + im.scratch_begin + n * S;
 
@@ -372,6 +372,10 @@ CudaImage make_image(const at::Tensor& units, const at::Tensor& members, const a
   im.num_words = members.size(1);
   im.num_classes = logits.size(0);
   im.num_boxes = boxes.size(0);
+  TORCH_CHECK(im.height < INT32_MAX && im.width < INT32_MAX && im.num_words < INT32_MAX / 64 &&
+                  im.num_boxes < INT32_MAX / 2 && im.num_classes < INT32_MAX,
+              "proposal_costs", where, ": sizes beyond int32 (H = ", im.height, ", W = ", im.width, ", W64 = ",
+              im.num_words, ", M = ", im.num_boxes, ", C = ", im.num_classes, ") are not supported on CUDA");
   const auto opts = at::TensorOptions().device(units.device());
   const int64_t N = im.num_candidates, M = im.num_boxes;
   im.area = at::empty({N}, opts.dtype(at::kLong));
@@ -395,7 +399,9 @@ int64_t blocks_for(int64_t work, int64_t per_block) {
 
 // Runs images [first, last) through the four kernels. Returns false when an image's pixel NLL went
 // above its fixed-point bound (that image's bound is raised; the caller runs the group again).
-bool run_group(std::vector<CudaImage>& images, size_t first, size_t last) {
+// With boxes_only, only the label and box checks run (the whole batch, before it is split into groups,
+// so that a bad box anywhere is reported before a bad unit, as on the CPU).
+bool run_group(std::vector<CudaImage>& images, size_t first, size_t last, bool boxes_only = false) {
   const size_t B = last - first;
   const at::Device device = images[first].units.device();
   const auto stream = at::cuda::getCurrentCUDAStream();
@@ -467,10 +473,13 @@ bool run_group(std::vector<CudaImage>& images, size_t first, size_t last) {
   const at::Tensor all_labels =
       boxes > 0 ? at::cat(label_parts, 0).to(at::kLong).contiguous() : at::empty({0}, on_device.dtype(at::kLong));
   at::Tensor box_info = at::empty({boxes, math::kBoxInfoFields}, on_device.dtype(at::kLong));
+  if (boxes_only) pixels = units = sums = columns = cands = scratch = 0;
   at::Tensor sums_table = at::zeros({sums}, on_device.dtype(at::kLong));
   at::Tensor corners = at::empty({math::kCornerFields, units}, on_device.dtype(at::kInt));
-  corners.narrow(0, 0, 2).fill_(math::kEmptyMin);
-  corners.narrow(0, 2, 2).fill_(math::kEmptyMax);
+  if (units > 0) {
+    corners.narrow(0, 0, 2).fill_(math::kEmptyMin);
+    corners.narrow(0, 2, 2).fill_(math::kEmptyMax);
+  }
   at::Tensor scratch_table = at::empty({scratch}, on_device.dtype(at::kLong));
 
   Batch t;
@@ -550,6 +559,9 @@ bool run_group(std::vector<CudaImage>& images, size_t first, size_t last) {
 CostLists run_images(std::vector<CudaImage>& images) {
   // Groups of consecutive images whose scratch fits the budget (an image over it runs alone).
   const int64_t budget = scratch_budget_bytes();
+  int64_t total = 0;
+  for (const CudaImage& in : images) total += in.scratch_bytes();
+  if (total > budget && images.size() > 1) run_group(images, 0, images.size(), /*boxes_only=*/true);
   size_t first = 0;
   while (first < images.size()) {
     size_t last = first + 1;
