@@ -16,38 +16,69 @@ from boxsup_ext.utils import InputError
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
+def _as_numpy(array: ArrayLike) -> np.ndarray:
+    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+
+
+def _scored_pixels(pred: ArrayLike, gt: ArrayLike, num_classes: int, ignore: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat int64 (pred, gt) of the pixels the ground truth scores: gt in [0, C) and not ``ignore``."""
+    if num_classes < 1:
+        raise InputError(f"num_classes must be at least 1, got {num_classes}")
+    pred_np, gt_np = _as_numpy(pred), _as_numpy(gt)
+    if pred_np.shape != gt_np.shape:
+        raise InputError(f"pred and gt must have the same shape, got {pred_np.shape} and {gt_np.shape}")
+    gt_flat = gt_np.reshape(-1).astype(np.int64)
+    pred_flat = pred_np.reshape(-1).astype(np.int64)
+    valid = (gt_flat != ignore) & (gt_flat >= 0) & (gt_flat < num_classes)
+    return pred_flat[valid], gt_flat[valid]
+
+
 def confusion_matrix(pred: ArrayLike, gt: ArrayLike, num_classes: int, ignore: int = 255) -> np.ndarray:
     """Count pixels by (ground-truth class, predicted class).
 
     Args:
-        pred: predicted class map, integer array of any shape (e.g. [H, W] or [B, H, W]).
+        pred: predicted class map, integer array of any shape (e.g. [H, W] or [B, H, W]); pixels
+            equal to ``ignore`` are no prediction (an estimated label map leaves pixels it cannot
+            decide as ignore) and are skipped, see :func:`ignored_prediction_counts` for their share.
         gt: ground-truth class map of the same shape; pixels equal to ``ignore`` are skipped, and so
             are ground-truth values outside [0, num_classes).
         num_classes: C, the number of classes including background (class 0).
         ignore: label value of pixels that do not count (255 in VOC).
 
     Returns:
-        int64 array [C, C]; entry [g, p] counts pixels of true class g predicted as p. A prediction
-        outside [0, C) counts as wrong: it is recorded as class (g + 1) % C.
+        int64 array [C, C]; entry [g, p] counts pixels of true class g predicted as p.
+
+    Raises:
+        InputError: a scored pixel's prediction is outside [0, C) and is not ``ignore``. Such a value
+            names no class; recording it as some class would bring that class into the mean IoU.
     """
-    if num_classes < 1:
-        raise InputError(f"num_classes must be at least 1, got {num_classes}")
-    pred_np = pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
-    gt_np = gt.detach().cpu().numpy() if isinstance(gt, torch.Tensor) else np.asarray(gt)
-    if pred_np.shape != gt_np.shape:
-        raise InputError(f"pred and gt must have the same shape, got {pred_np.shape} and {gt_np.shape}")
-    gt_flat = gt_np.reshape(-1).astype(np.int64)
-    pred_flat = pred_np.reshape(-1).astype(np.int64)
-    valid = (gt_flat != ignore) & (gt_flat >= 0) & (gt_flat < num_classes)
-    gt_flat = gt_flat[valid]
-    pred_flat = pred_flat[valid]
-    # An out-of-range prediction is always wrong: map it to a class different from the truth.
+    pred_flat, gt_flat = _scored_pixels(pred, gt, num_classes, ignore)
+    predicted = pred_flat != ignore
+    pred_flat, gt_flat = pred_flat[predicted], gt_flat[predicted]
     bad = (pred_flat < 0) | (pred_flat >= num_classes)
     if bad.any():
-        pred_flat = pred_flat.copy()
-        pred_flat[bad] = (gt_flat[bad] + 1) % max(num_classes, 2) if num_classes > 1 else 0
+        values = np.unique(pred_flat[bad])
+        raise InputError(
+            f"pred holds {values[:5].tolist()} at {int(bad.sum())} pixel(s): not a class in [0, {num_classes}) "
+            f"and not the ignore value {ignore}"
+        )
     counts = np.bincount(gt_flat * num_classes + pred_flat, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).astype(np.int64)
+
+
+def ignored_prediction_counts(pred: ArrayLike, gt: ArrayLike, num_classes: int, ignore: int = 255) -> np.ndarray:
+    """How many scored pixels a prediction leaves as ``ignore``, the pixels :func:`confusion_matrix` skips.
+
+    Args: as :func:`confusion_matrix`.
+
+    Returns:
+        int64 array ``[ignored, scored]``: pixels where the ground truth scores (a class in [0, C))
+        and the prediction is ``ignore``, and all pixels where the ground truth scores. Summed over
+        images, ``ignored / scored`` is the share of the truth that a mean IoU of these predictions
+        does not judge.
+    """
+    pred_flat, _ = _scored_pixels(pred, gt, num_classes, ignore)
+    return np.array([int((pred_flat == ignore).sum()), pred_flat.size], dtype=np.int64)
 
 
 def miou_from_confusion(cm: ArrayLike) -> tuple[float, np.ndarray, float]:

@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from boxsup_ext.config import Config, SourceConfig, config_to_dict, dump_config, load_config, save_config
-from boxsup_ext.metrics import confusion_matrix, miou_from_confusion
+from boxsup_ext.metrics import confusion_matrix, ignored_prediction_counts, miou_from_confusion
 from boxsup_ext.models import build_model, image_to_tensor, load_checkpoint_file, model_meta, predict_logits
 from boxsup_ext.relabel import IGNORE_LABEL, RelabelInput, RelabelSettings, relabel_batch
 from boxsup_ext.train_utils.data import (
@@ -262,6 +262,7 @@ def prepare_labels(
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     sums = np.zeros(6, dtype=np.float64)  # boxes, unassigned, cost, iou, ce, assigned
     pixel_counts = np.zeros(3, dtype=np.float64)  # all, foreground, ignore
+    label_ignored = np.zeros(2, dtype=np.int64)  # ground-truth pixels the labels leave as ignore, all ground-truth pixels
     choices: dict[str, list[int]] = {}
     mine = ctx.shard(box_images)
     batch_size = config.relabel.batch_images
@@ -282,6 +283,7 @@ def prepare_labels(
             gt = datasets[image.source].load_class_map(image.index)
             if gt is not None:
                 confusion += confusion_matrix(result.label, gt, num_classes)
+                label_ignored += ignored_prediction_counts(result.label, gt, num_classes)
     eval_model.train(was_training)
 
     relabeled = ctx.gather_objects(sorted(choices))
@@ -290,6 +292,7 @@ def prepare_labels(
         merged.update(part)
     sums = ctx.sum_array(sums)
     pixel_counts = ctx.sum_array(pixel_counts)
+    label_ignored = ctx.sum_array(label_ignored)
     confusion = ctx.sum_array(confusion)
     ctx.barrier()  # every label file is on disk before anyone trains on it
 
@@ -313,6 +316,8 @@ def prepare_labels(
         "mean_ce": float(sums[4] / assigned) if sums[5] else None,
         "foreground_fraction": float(pixel_counts[1] / pixel_counts[0]) if pixel_counts[0] else None,
         "ignore_fraction": float(pixel_counts[2] / pixel_counts[0]) if pixel_counts[0] else None,
+        # label_miou judges the labelled pixels only; this is the share of the truth it leaves out
+        "label_ignore_share": float(label_ignored[0] / label_ignored[1]) if label_ignored[1] else None,
         "changed_fraction": changed / common_boxes if common_boxes else None,
     }
     label_miou = miou_from_confusion(confusion)[0] if confusion.sum() else None
@@ -611,6 +616,7 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
             }
             if label_round is not None and label_round.label_miou is not None:
                 entry["label_miou"] = label_round.label_miou
+                entry["label_ignore_share"] = label_round.stats.get("label_ignore_share")
             relabel_total += entry["relabel_s"]
             epoch_total += entry["time_s"]
             is_best = False
