@@ -188,7 +188,7 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def config_from_dict(values: dict) -> Config:
+def config_from_dict(values: Optional[dict]) -> Config:
     """Build a :class:`Config` from nested dicts (missing keys keep defaults) and validate it."""
     if values is None:
         values = {}
@@ -203,66 +203,111 @@ def config_to_dict(config: Config) -> dict:
     return dataclasses.asdict(config)
 
 
-def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides in order."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"config file {path} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            line = getattr(getattr(err, "problem_mark", None), "line", None)
-            where = f" at line {line + 1}" if line is not None else ""
-            raise InputError(f"config file {path} is not valid YAML{where}") from None
-        if not isinstance(values, dict):
-            raise InputError(f"config file {path} must hold a mapping at the top level")
-    # Build once from the file so its unknown keys are reported before any override is applied.
-    merged = config_to_dict(_build(Config, values))
+def load_config(
+    path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (), assignments: Optional[dict[str, Any]] = None
+) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``assignments`` (dotted key -> value,
+    for programs such as the demo), then ``key=value`` overrides in order. The file's values and
+    the overrides meet as one nested dict, which becomes the :class:`Config` once."""
+    values = read_config_file(path) if path is not None else {}
+    _check_keys(Config, values)  # the file's unknown keys are reported before any override
+    for key, value in (assignments or {}).items():
+        set_config_key(values, key, value)
     for item in overrides:
-        apply_override(merged, item)
-    return config_from_dict(merged)
+        apply_override(values, item)
+    return config_from_dict(values)
+
+
+def read_config_file(path: Union[str, Path]) -> dict:
+    """The nested dict of a YAML config file; a missing or unparsable file is one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise InputError(f"config file {path} is not valid YAML{where}") from None
+    if not isinstance(values, dict):
+        raise InputError(f"config file {path} must hold a mapping at the top level")
+    return values
+
+
+def _check_keys(cls: type, values: Any, prefix: str = "") -> None:
+    """Every key of the nested dict ``values`` names a field of ``cls`` (recursively)."""
+    if not isinstance(values, dict):
+        return  # a section that is not a mapping is reported with its type when the Config is built
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in hints:
+            raise InputError(f"unknown config key {full!r}; valid keys here: {', '.join(_field_names(cls))}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            _check_keys(hint, value, full)
+        elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]) and isinstance(value, list):
+            for index, item in enumerate(value):
+                _check_keys(typing.get_args(hint)[0], item, f"{full}.{index}")
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 def apply_override(values: dict, item: str) -> None:
-    """Apply one ``dotted.key=value`` to the nested dict ``values`` (the value is parsed as YAML)."""
+    """Apply one ``--set dotted.key=value`` to the nested dict ``values`` (the value is parsed as YAML)."""
     if "=" not in item:
         raise InputError(f"--set expects key=value, got {item!r}")
     key, raw = item.split("=", 1)
-    key = key.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    set_config_key(values, key.strip(), value)
+
+
+def set_config_key(values: dict, key: str, value: Any) -> None:
+    """Set ``dotted.key`` in the nested config dict ``values`` (a file's partial dict is fine).
+
+    The key is checked against the :class:`Config` fields, not the dict, so a section the file
+    leaves out takes its defaults first. ``data.train.<len>.x`` appends a source with defaults."""
     parts = key.split(".")
     node: Any = values
+    hint: Any = Config
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
-        where = ".".join(parts[: depth + 1])
-        if isinstance(node, list):
+        if isinstance(node, list) and typing.get_origin(hint) is list:
             if not part.isdigit():
                 raise InputError(f"--set {key}: {'.'.join(parts[:depth])} is a list; index it with a number")
             index = int(part)
-            if index == len(node) and not last and node and isinstance(node[-1], dict):
-                # Appending a new list item: start from the defaults of that item type.
-                node.append(config_to_dict(SourceConfig()))
+            (hint,) = typing.get_args(hint)
+            if index == len(node) and not last and node and dataclasses.is_dataclass(hint):
+                node.append({})  # a new list item: the defaults of its type
             if index >= len(node):
                 raise InputError(f"--set {key}: index {index} is out of range (the list has {len(node)} items)")
-            if last:
-                node[index] = value
-            else:
-                node = node[index]
-        elif isinstance(node, dict):
-            if part not in node:
-                valid = ", ".join(node)
-                raise InputError(f"unknown config key {where!r} in --set; valid keys here: {valid}")
-            if last:
-                node[part] = value
-            else:
-                node = node[part]
+        elif isinstance(node, dict) and dataclasses.is_dataclass(hint):
+            hints = typing.get_type_hints(hint)
+            if part not in hints:
+                where = ".".join(parts[: depth + 1])
+                raise InputError(f"unknown config key {where!r} in --set; valid keys here: {', '.join(_field_names(hint))}")
+            if part not in node and not last:
+                default = getattr(hint(), part)
+                node[part] = {} if dataclasses.is_dataclass(default) else _plain(default)
+            index, hint = part, hints[part]
         else:
             raise InputError(f"--set {key}: {'.'.join(parts[:depth])} is not a section")
+        if last:
+            node[index] = value
+        else:
+            node = node[index]
+
+
+def _plain(value: Any) -> Any:
+    """A config default as nested dicts and lists (what a YAML file would hold)."""
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 def _non_finite_floats(values: Any, prefix: str = "") -> list[str]:

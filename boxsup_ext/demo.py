@@ -4,8 +4,8 @@ Builds the synthetic dataset and its Selective Search and rectangle proposal sto
 ``tiny_fcn`` in ``boxsup`` mode, the ``rectangles`` baseline and the ``mask`` upper bound with the
 same schedule, evaluates each on the synthetic validation set (single scale, no CRF), prints a
 table and writes ``DIR/demo_results.json`` (mode -> {"miou", "seconds"}). Target: boxsup at least
-95% of mask's mIoU and at least 5 points above rectangles. ``configs/synthetic_boxsup.yaml`` holds
-the same settings for ``python -m boxsup_ext.train``.
+95% of mask's mIoU and at least 5 points above rectangles. The settings are those of
+``configs/synthetic_boxsup.yaml`` (also for ``python -m boxsup_ext.train``).
 
 Running it again on the same ``--out`` reuses the dataset, the proposal stores and every finished
 run (an unfinished one is resumed), and prints the table again.
@@ -16,40 +16,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import copy
 from pathlib import Path
 from typing import Optional, Sequence
 
 from boxsup_ext.utils import InputError, atomic_write_json, ensure_output_dir, run_cli
 
-# The embedded default: the synthetic experiment's trainer settings (configs/synthetic_boxsup.yaml).
-DEMO_SETTINGS = {
-    "data": {
-        "train": [{"kind": "synthetic", "split": "train", "supervision": "box"}],
-        "val": {"kind": "synthetic", "split": "val", "supervision": "mask"},
-        "crop_size": 64,
-        "scale_min": 0.75,
-        "scale_max": 1.25,
-        "flip": True,
-        "workers": 0,
-    },
-    "model": {"name": "tiny_fcn", "width": 16, "dropout": 0.1},
-    # From scratch on CPU the early network's cross-entropy is noise, and with lam = 3 it pulls the
-    # labels towards tiny candidates (label mIoU fell from 69% to 15% in a trial); a lighter
-    # weight, a minimum box IoU and clipping to the box keep them near the proposals' best.
-    "relabel": {"lam": 0.3, "topk": 5, "iou": "box", "min_iou": 0.5, "clip_to_box": True,
-                "snapshot_epochs": [1, 2, 5, 10, 20]},
-    "train": {
-        "mode": "boxsup",
-        "epochs": 20,
-        "batch_size": 4,
-        "lr": 0.05,
-        "lr_step": 15,
-        "classifier_lr_mult": 1.0,
-        "val_every": 5,
-    },
-    "run": {"seed": 0, "device": "auto", "progress": False, "tensorboard": False},
-}
+# The demo's trainer settings; the demo fills in the data paths, mode and run directory.
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic_boxsup.yaml"
 DEMO_MODES = ("boxsup", "rectangles", "mask")
 # Selective Search scaled to 64 px images: its defaults (k = 100, 200; base regions >= k pixels) are
 # sized for VOC and leave candidates far coarser than the synthetic objects.
@@ -57,19 +30,21 @@ DEMO_PROPOSAL_PARAMS = {"selective_search": {"ks": [25, 50, 100], "min_size": 10
 
 
 def demo_config(dataset: Path, stores: dict, mode: str, run_dir: Path, overrides: Sequence[str] = ()):
-    """The trainer config of one demo mode."""
-    from boxsup_ext.config import apply_override, config_from_dict, config_to_dict
+    """The trainer config of one demo mode: :data:`DEMO_CONFIG` with this demo's paths, then
+    ``overrides`` (``--set``)."""
+    from boxsup_ext.config import load_config
 
-    values = copy.deepcopy(DEMO_SETTINGS)
     store = {"boxsup": "selective_search", "boxsup_greedy": "selective_search"}.get(mode, mode)
-    values["data"]["train"][0].update(root=str(dataset), proposals=str(stores.get(store, "")))
-    values["data"]["val"]["root"] = str(dataset)
-    values["train"]["mode"] = mode
-    values["run"]["run_dir"] = str(run_dir)
-    merged = config_to_dict(config_from_dict(values))
-    for item in overrides:
-        apply_override(merged, item)
-    return config_from_dict(merged)
+    paths = {
+        "data.train.0.root": str(dataset),
+        "data.train.0.proposals": str(stores.get(store, "")),
+        "data.val.root": str(dataset),
+        "train.mode": mode,
+        "run.run_dir": str(run_dir),
+        "run.progress": False,
+        "run.tensorboard": False,
+    }
+    return load_config(DEMO_CONFIG, overrides, assignments=paths)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -89,14 +89,17 @@ def test_shipped_configs_load(path):
     assert config.train.mode in ("boxsup", "boxsup_greedy", "mask", "rectangles", "grabcut")
 
 
-def test_synthetic_config_matches_the_demo_default():
-    from boxsup_ext.demo import DEMO_SETTINGS
-    from boxsup_ext.config import config_from_dict
+def test_demo_trains_with_the_shipped_synthetic_config(tmp_path):
+    from boxsup_ext.demo import DEMO_CONFIG, demo_config
 
-    shipped = config_to_dict(load_config(REPO / "configs" / "synthetic_boxsup.yaml"))
-    embedded = config_to_dict(config_from_dict(DEMO_SETTINGS))
-    for section in ("model", "relabel", "train"):
-        assert shipped[section] == embedded[section], section
-    for key in ("crop_size", "scale_min", "scale_max", "flip"):
-        assert shipped["data"][key] == embedded["data"][key], key
-    assert yaml.safe_load((REPO / "configs" / "synthetic_boxsup.yaml").read_text())["train"]["mode"] == "boxsup"
+    assert DEMO_CONFIG == REPO / "configs" / "synthetic_boxsup.yaml"
+    shipped = config_to_dict(load_config(DEMO_CONFIG))
+    demo = config_to_dict(demo_config(tmp_path / "dataset", {"rectangles": tmp_path / "store"}, "rectangles", tmp_path / "run",
+                                      ["train.epochs=3"]))
+    for section in ("model", "relabel"):
+        assert demo[section] == shipped[section], section
+    assert demo["train"] == {**shipped["train"], "mode": "rectangles", "epochs": 3}
+    assert demo["data"]["train"][0] == {**shipped["data"]["train"][0], "root": str(tmp_path / "dataset"), "proposals": str(tmp_path / "store")}
+    assert demo["data"]["val"]["root"] == str(tmp_path / "dataset")
+    assert demo["run"]["run_dir"] == str(tmp_path / "run") and demo["run"]["progress"] is False
+    assert yaml.safe_load(DEMO_CONFIG.read_text())["train"]["mode"] == "boxsup"
