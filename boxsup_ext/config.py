@@ -30,116 +30,155 @@ DATASET_KINDS = ("voc", "voc07", "coco", "folder", "synthetic")
 
 @dataclass
 class SourceConfig:
-    """One dataset split. ``supervision``: ``auto`` (as the dataset's records say), ``box`` or
-    ``mask`` (forces it for every image), or ``semi`` (masks for the ids listed in the split-list
-    file ``mask_list``, e.g. VOC's 1,464 train images; boxes for the rest). ``proposals``: the
-    proposal store directory used by box-supervised images (the candidates for ``boxsup``; the
-    rectangle / GrabCut store for those baselines). ``limit``: use only the first N images
-    (0 = all). ``categories``: COCO only, ``voc20`` or ``all80``."""
+    """One dataset split: where it is, how it is supervised and which proposal store it uses.
+
+    Each field's docstring (the string below it) is its documentation; ``docs/configuration.md``
+    is generated from them (``python -m boxsup_ext.config_docs``)."""
 
     kind: str = "voc"
+    """Dataset reader: ``voc``, ``voc07`` (boxes only), ``coco``, ``folder`` or ``synthetic`` (VOC layout)."""
     root: str = ""
+    """Dataset folder (VOC: the ``VOC2012`` folder; COCO: the folder holding ``annotations/``); for ``data.val`` empty means no validation."""
     split: str = "train"
+    """Split name (VOC: ``train``, ``val``, ``trainval``, ``trainaug``; COCO: ``train2017``, ...)."""
     supervision: str = "auto"
+    """``auto`` (as the dataset's records say), ``box`` or ``mask`` (forced for every image), or ``semi`` (masks for the ids in ``mask_list``, boxes for the rest)."""
     proposals: str = ""
+    """Proposal store directory used by the box-supervised images: the candidates for ``boxsup``, the rectangle / GrabCut store for those baselines."""
     limit: int = 0
+    """Use only the first N images (0 = all)."""
     mask_list: str = ""
+    """Split-list file of the ids that keep their masks under ``supervision: semi`` (e.g. VOC's 1,464 ``train.txt``)."""
     categories: str = "voc20"
+    """COCO only: ``voc20`` (the 20 PASCAL classes) or ``all80``."""
 
 
 @dataclass
 class DataConfig:
-    """Training sources, the validation split (``val.root`` empty: no validation) and augmentation:
-    random scale in [scale_min, scale_max], random ``crop_size`` x ``crop_size`` crop (pixels),
-    horizontal flip. ``workers``: DataLoader worker processes. ``skip_bad``: leave out broken
-    images/objects with a warning instead of stopping (``--skip-bad``)."""
+    """Training sources, the validation split and augmentation."""
 
     train: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    """Training sources, a list; address an item by index (``--set data.train.1.root=...`` appends a second)."""
     val: SourceConfig = field(default_factory=lambda: SourceConfig(split="val", supervision="mask"))
+    """Validation split (masks); ``val.root`` empty: no validation."""
     crop_size: int = 321
+    """Side of the random square training crop, in pixels (the paper: 321)."""
     scale_min: float = 0.5
+    """Smallest random rescaling factor of a training image."""
     scale_max: float = 1.5
+    """Largest random rescaling factor of a training image (at most 8)."""
     flip: bool = True
+    """Random horizontal flip of training crops."""
     workers: int = 2
+    """DataLoader worker processes (0 = load in the main process)."""
     skip_bad: bool = False
+    """Leave out broken images/objects with a warning instead of stopping (``--skip-bad``)."""
 
 
 @dataclass
 class ModelConfig:
-    """``name``: ``vgg16_largefov`` or ``tiny_fcn``. ``num_classes`` 0 takes the dataset's count.
-    ``pretrained``: torchvision VGG-16 state dict path or ``imagenet`` (download). ``fc_init``:
-    ``deeplab`` or ``fresh``. ``width``: tiny_fcn channels. ``init_checkpoint``: start from a run's
-    checkpoint (fine-tuning); with ``replace_classifier`` its classifier is swapped for this
-    config's class count (COCO-80 -> PASCAL-CONTEXT-60)."""
+    """The segmentation network and its initialisation."""
 
     name: str = "vgg16_largefov"
+    """Network: ``vgg16_largefov`` (DeepLab-LargeFOV VGG-16, the paper's) or ``tiny_fcn`` (small, for CPU runs)."""
     num_classes: int = 0
+    """Classes including background; 0 takes the dataset's count."""
     pretrained: str = ""
+    """ImageNet initialisation of ``vgg16_largefov``: path of a torchvision VGG-16 state dict (``vgg16-397923af.pth``) or ``imagenet`` (download); empty trains from scratch."""
     fc_init: str = "deeplab"
+    """``deeplab`` converts the ImageNet fc6/fc7 to convolutions as DeepLab did (needs ``fc_channels`` 1024); ``fresh`` initialises them randomly."""
     fc_channels: int = 1024
+    """Channels of the fc6/fc7 convolutions of ``vgg16_largefov``."""
     width: int = 16
+    """Channel width of ``tiny_fcn``."""
     dropout: float = 0.5
+    """Dropout probability after fc6 and fc7, in [0, 1]."""
     init_checkpoint: str = ""
+    """Start from this ``boxsup_ext.train`` checkpoint's weights (fine-tuning)."""
     replace_classifier: bool = False
+    """With ``init_checkpoint``: swap its classifier for one with this config's class count (e.g. COCO-80 to PASCAL-CONTEXT-60)."""
 
 
 @dataclass
 class RelabelConfig:
-    """cost = (1 - IoU) + lam * meanCE; sample uniformly among the ``topk`` cheapest (``boxsup``;
-    ``boxsup_greedy`` uses 1). ``iou``: ``box`` (the paper's Eq. 2, box vs tight box) or ``mask``.
-    ``clip_to_box``: paint each chosen segment only inside its box. ``batch_images``: images per
-    fused-op call. ``snapshot_epochs``: epochs whose labels are copied to labels/snapshots/.
-    ``min_iou``: leave out candidates whose IoU with the box is below this (0 = none, the paper;
-    guards against drifting to tiny segments when proposals include every superpixel)."""
+    """The relabel step: cost = (1 - IoU) + lam * meanCE, sampled among the cheapest candidates."""
 
     lam: float = 3.0
+    """Weight of the mean cross-entropy in the cost (the paper: 3)."""
     topk: int = 5
+    """Sample uniformly among the ``topk`` cheapest candidates (``boxsup``; ``boxsup_greedy`` uses 1)."""
     iou: str = "box"
+    """``box``: IoU of the box with the candidate's tight box (the paper's Eq. 2); ``mask``: pixel IoU of the candidate with the box rectangle."""
     clip_to_box: bool = False
+    """Paint each chosen segment only inside its box."""
     min_iou: float = 0.0
+    """Leave out candidates whose IoU with the box is below this (0 = none, the paper); guards against drifting to tiny segments when proposals include every superpixel."""
     batch_images: int = 8
+    """Images per fused-op call."""
     snapshot_epochs: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 45])
+    """Epochs whose labels are copied to ``labels/snapshots/`` (for the mask-evolution figure)."""
 
 
 @dataclass
 class TrainConfig:
-    """SGD schedule (paper defaults): lr divided by ``lr_gamma``^-1 every ``lr_step`` epochs;
-    ``batch_size`` is global (split over ranks). ``classifier_lr_mult`` scales the classifier's lr
-    (DeepLab uses 10). ``val_every``: validate every N epochs and at the end (0 = only at the end)."""
+    """The SGD schedule (the paper's defaults)."""
 
     mode: str = "boxsup"
+    """``boxsup``, ``boxsup_greedy`` (k = 1), ``mask`` (ground-truth masks, the upper bound), ``rectangles`` or ``grabcut`` (fixed-mask baselines)."""
     epochs: int = 45
+    """Training epochs; each starts with a relabel step in the ``boxsup`` modes."""
     batch_size: int = 20
+    """Global batch size (split over ranks)."""
     lr: float = 0.001
+    """Base learning rate."""
     lr_step: int = 15
+    """Multiply the learning rate by ``lr_gamma`` every ``lr_step`` epochs."""
     lr_gamma: float = 0.1
+    """Learning-rate step factor."""
     momentum: float = 0.9
+    """SGD momentum."""
     weight_decay: float = 0.0005
+    """SGD weight decay."""
     classifier_lr_mult: float = 10.0
+    """Learning-rate multiplier of the classifier layer (DeepLab uses 10)."""
     amp: bool = False
+    """Mixed precision (CUDA only; ignored on a CPU)."""
     val_every: int = 5
+    """Validate every N epochs and at the end (0 = only at the end)."""
 
 
 @dataclass
 class RunConfig:
-    """``device``: ``auto`` (CUDA when present), ``cpu`` or ``cuda``. ``threads``: torch CPU
-    threads (0 = torch's default)."""
+    """Where and how the run executes."""
 
     run_dir: str = "runs/boxsup"
+    """Run directory: config, log, labels, checkpoints, metrics (``--run-dir``)."""
     seed: int = 0
+    """Seed of every random stream (sampling, augmentation, initialisation)."""
     device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     threads: int = 0
+    """Torch CPU threads (0 = torch's default)."""
     progress: bool = True
+    """Progress bars on the main rank."""
     tensorboard: bool = True
+    """Also write TensorBoard event files under the run directory."""
 
 
 @dataclass
 class Config:
+    """The whole trainer configuration."""
+
     data: DataConfig = field(default_factory=DataConfig)
+    """Datasets and augmentation."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The network."""
     relabel: RelabelConfig = field(default_factory=RelabelConfig)
+    """The relabel step."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """The SGD schedule."""
     run: RunConfig = field(default_factory=RunConfig)
+    """Run directory, seed and device."""
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
