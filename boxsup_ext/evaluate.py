@@ -32,10 +32,11 @@ from boxsup_ext.evaluation.evaluator import (
     evaluate_dataset,
     format_results_table,
     load_predictor,
+    open_dataset_arg,
     prepare_prediction_dir,
     settings_from_args,
 )
-from boxsup_ext.evaluation.rundir import CHECKPOINT_KINDS, check_run_dir, open_dataset_arg, run_checkpoint, run_data_source
+from boxsup_ext.run_dir import CHECKPOINT_KINDS, open_run, run_checkpoint, run_data_source
 from boxsup_ext.evaluation.trimap import parse_widths
 from boxsup_ext.utils import InputError, OutputManifest, atomic_write_json, ensure_output_dir, file_sha256, run_cli
 
@@ -96,15 +97,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = settings_from_args(args)
     widths = parse_widths(args.trimap) if args.trimap else ()
     if args.run is not None:
-        run_dir = check_run_dir(args.run)
-        checkpoint, checkpoint_kind = run_checkpoint(run_dir, args.checkpoint_kind or "final")
-        source = run_data_source(run_dir, "val") if not (args.dataset and args.kind) else {}
-        root = args.dataset or source["root"]
-        kind = args.kind or source.get("kind", "voc")
-        split = args.split or source.get("split", "val")
-        out = args.out or run_dir / "eval" / _tag(split, args)
+        run = open_run(args.run)
+        checkpoint, checkpoint_kind = run_checkpoint(run, args.checkpoint_kind or "final")
+        source = run_data_source(run, "val") if not (args.dataset and args.kind) else None
+        root = args.dataset or source.root
+        kind = args.kind or source.kind
+        split = args.split or (source.split if source is not None else "val")
+        out = args.out or run.root / "eval" / _tag(split, args)
     else:
-        run_dir = None
+        run = None
         checkpoint, checkpoint_kind = args.checkpoint, "given"
         if args.checkpoint_kind:
             raise InputError("--checkpoint-kind chooses among a run's checkpoints; use it with --run, not --checkpoint")
@@ -152,12 +153,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if widths:
             from boxsup_ext.figures import trimap_plot
 
-            trimap_plot([results], [run_dir.name if run_dir is not None else Path(checkpoint).stem], out / "trimap.png")
+            trimap_plot([results], [run.name if run is not None else Path(checkpoint).stem], out / "trimap.png")
             outputs.record("trimap.png")
     finally:
         outputs.save()
-    if run_dir is not None:
-        copy = run_dir / "metrics" / f"eval_{out.name}.json"
+    if run is not None:
+        copy = run.metrics / f"eval_{out.name}.json"
         try:
             ensure_output_dir(copy.parent, "run metrics folder", create=False)
             atomic_write_json(copy, results)

@@ -24,14 +24,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from boxsup_ext.evaluation.rundir import (
-    check_run_dir,
-    open_dataset_arg,
-    read_log,
-    run_data_source,
-    snapshot_epochs,
-    snapshot_path,
-)
+from boxsup_ext.evaluation.evaluator import open_dataset_arg
+from boxsup_ext.run_dir import RunDir, open_run, read_log, run_data_source, snapshot_epochs, snapshot_path
 from boxsup_ext.utils import InputError, atomic_write_bytes, ensure_output_dir, run_cli
 
 MAX_DEFAULT_EPOCHS = 5
@@ -121,7 +115,7 @@ def mask_evolution(
     plt = _pyplot()
     from matplotlib.patches import Rectangle
 
-    chosen = _pick_epochs(snapshot_epochs(run_dir), epochs, run_dir)
+    chosen = _pick_epochs(snapshot_epochs(RunDir(run_dir)), epochs, run_dir)
     if not image_ids:
         raise InputError("--images needs at least one training image id")
     rows = []
@@ -155,7 +149,7 @@ def mask_evolution(
             axes[r, 1].imshow(colorize(gt) if gt is not None else np.full_like(image, 255), interpolation="nearest")
             column = 2
         for epoch in chosen:
-            path = snapshot_path(run_dir, epoch, image_id)
+            path = snapshot_path(RunDir(run_dir), epoch, image_id)
             if path is None:
                 raise InputError(f"{run_dir}: no label snapshot for image {image_id!r} at epoch {epoch}")
             axes[r, column].imshow(colorize(load_label_png(path)), interpolation="nearest")
@@ -183,7 +177,7 @@ def training_curves(run_dirs: Sequence[Path], names: Sequence[str], out: Path, d
     are left out of that panel. Returns how many points each panel drew.
     """
     plt = _pyplot()
-    logs = [read_log(run_dir) for run_dir in run_dirs]
+    logs = [read_log(RunDir(run_dir)) for run_dir in run_dirs]
     fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(4.0 * len(CURVE_PANELS), 3.2), squeeze=False)
     drawn: dict[str, int] = {}
     for ax, (key, title, factor) in zip(axes[0], CURVE_PANELS):
@@ -359,13 +353,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise InputError(f"--out {args.out} is a folder; give the PNG file to write, e.g. {args.out / (args.command + '.png')}")
     ensure_output_dir(args.out.parent, "--out folder", create=False)
     if args.command == "mask-evolution":
-        run_dir = check_run_dir(args.run)
-        source = run_data_source(run_dir, "train") if not (args.dataset and args.kind and args.split) else {}
-        dataset = open_dataset_arg(
-            args.dataset or source["root"], args.split or source.get("split", "train"), args.kind or source.get("kind", "voc")
-        )
+        run = open_run(args.run)
+        source = run_data_source(run, "train") if not (args.dataset and args.kind and args.split) else None
+        dataset = open_dataset_arg(args.dataset or source.root, args.split or source.split, args.kind or source.kind)
         ids = [i.strip() for i in args.images.split(",") if i.strip()]
-        rows, columns = mask_evolution(run_dir, ids, dataset, args.epochs, args.out, args.dpi)
+        rows, columns = mask_evolution(run.root, ids, dataset, args.epochs, args.out, args.dpi)
         print(f"wrote {args.out} ({rows} images x {columns} panels)")
     elif args.command == "curves":
         names = _split_names(args.names, len(args.run), [r.name for r in args.run])

@@ -23,6 +23,7 @@ from boxsup_ext.evaluation.crf import CRFParams, dense_crf_many
 from boxsup_ext.evaluation.multiscale import multiscale_logits
 from boxsup_ext.evaluation.trimap import trimap_bands
 from boxsup_ext.metrics import confusion_matrix, miou_from_confusion
+from boxsup_ext.models import normalize_images
 from boxsup_ext.utils import InputError, atomic_write_json
 
 
@@ -78,42 +79,40 @@ class LabelPredictor:
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
-        self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(list(std), dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.mean = tuple(mean)
+        self.std = tuple(std)
         self.settings = settings
 
-    def probabilities(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Softmax of the averaged score maps, before any CRF.
-
-        Args:
-            images: uint8 [H_i, W_i, 3] RGB images.
-
-        Returns:
-            float32 [C, H_i, W_i] class probabilities per image, in input order.
-        """
+    def logits(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """The averaged score maps (see :func:`multiscale_logits`) of uint8 [H_i, W_i, 3] RGB
+        images: float32 [C, H_i, W_i] per image on the predictor's device, in input order."""
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, image in enumerate(images):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise InputError(f"image {index} must be uint8 [H, W, 3] RGB, got {image.dtype} {list(image.shape)}")
             by_size[image.shape[:2]].append(index)
-        out: list[Optional[np.ndarray]] = [None] * len(images)
+        out: list[Optional[torch.Tensor]] = [None] * len(images)
         step = max(1, self.settings.batch_size)
         for indices in by_size.values():
             for start in range(0, len(indices), step):
                 chunk = indices[start : start + step]
                 batch = torch.from_numpy(np.stack([images[i] for i in chunk])).to(self.device)
-                batch = (batch.permute(0, 3, 1, 2).float().div_(255.0) - self.mean) / self.std
-                logits = multiscale_logits(self.model, batch, self.settings.scales, self.settings.flip)
-                probs = torch.softmax(logits, dim=1).cpu().numpy()
-                for i, p in zip(chunk, probs):
-                    out[i] = p
-        return [p for p in out if p is not None]
+                logits = multiscale_logits(self.model, normalize_images(batch, self.mean, self.std), self.settings.scales, self.settings.flip)
+                for i, scores in zip(chunk, logits):
+                    out[i] = scores
+        return [scores for scores in out if scores is not None]
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Softmax of the averaged score maps, before any CRF: float32 [C, H_i, W_i] per uint8
+        [H_i, W_i, 3] RGB image, in input order."""
+        return [torch.softmax(scores, dim=0).cpu().numpy() for scores in self.logits(images)]
 
     def labels(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """uint8 [H_i, W_i] label maps (argmax after the optional CRF), in input order."""
-        probs = self.probabilities(images)
-        if self.settings.crf is not None:
-            probs = dense_crf_many(list(images), probs, self.settings.crf, workers=self.settings.crf_workers)
+        """uint8 [H_i, W_i] label maps, in input order: the argmax of the scores, or of the dense
+        CRF's marginals when the settings ask for it."""
+        if self.settings.crf is None:  # softmax keeps the order of the scores: argmax them directly
+            return [scores.argmax(0).to(torch.uint8).cpu().numpy() for scores in self.logits(images)]
+        probs = dense_crf_many(list(images), self.probabilities(images), self.settings.crf, workers=self.settings.crf_workers)
         return [p.argmax(0).astype(np.uint8) for p in probs]
 
 
@@ -378,3 +377,12 @@ def load_predictor(checkpoint: Path, settings: InferenceSettings, device: Option
     mean = meta.get("mean", IMAGENET_MEAN)
     std = meta.get("std", IMAGENET_STD)
     return LabelPredictor(model, mean, std, settings, target), meta
+
+
+def open_dataset_arg(root: str | Path, split: str, kind: str) -> Any:
+    """``boxsup_ext.data.open_dataset`` with a check that ``root`` exists, for CLI arguments."""
+    from boxsup_ext.data import open_dataset
+
+    if not Path(root).exists():
+        raise InputError(f"dataset root {root} does not exist; pass --dataset with the dataset directory")
+    return open_dataset(root, split, kind=kind)

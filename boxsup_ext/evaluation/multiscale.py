@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boxsup_ext.models import predict_logits
 from boxsup_ext.utils import InputError
 
 DEFAULT_SCALES: tuple[float, ...] = (1.0,)
@@ -34,10 +35,10 @@ def parse_scales(text: str) -> tuple[float, ...]:
     return scales
 
 
-def _resize(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(tensor.shape[-2:]) == size:
-        return tensor
-    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(images.shape[-2:]) == size:
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
 
 
 @torch.inference_mode()
@@ -51,7 +52,8 @@ def multiscale_logits(
 
     For every scale s the batch is resized bilinearly (``align_corners=False``) to
     ``(max(1, round(H * s)), max(1, round(W * s)))``, the model's logits (any output stride) are
-    resized bilinearly back to ``(H, W)``; with ``flip`` the mirrored batch is run too and its
+    resized bilinearly back to ``(H, W)`` (:func:`boxsup_ext.models.predict_logits`, the one
+    forward pass of every inference); with ``flip`` the mirrored batch is run too and its
     scores mirrored back. The result is the plain mean of the ``len(scales) * (1 + flip)`` maps.
 
     Args:
@@ -77,11 +79,7 @@ def multiscale_logits(
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         scaled = _resize(images, size)
         for mirrored in (False, True) if flip else (False,):
-            batch = scaled.flip(-1) if mirrored else scaled
-            logits = model(batch)
-            if logits.dim() != 4 or logits.shape[0] != images.shape[0]:
-                raise InputError(f"model must return logits [B, C, h, w], got {list(logits.shape)}")
-            logits = _resize(logits.float(), (height, width))
+            logits = predict_logits(model, scaled.flip(-1) if mirrored else scaled, (height, width))
             if mirrored:
                 logits = logits.flip(-1)
             total = logits if total is None else total + logits

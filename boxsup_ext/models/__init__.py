@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -34,13 +34,19 @@ __all__ = [
     "TinyFCN",
     "VGG16LargeFOV",
     "build_model",
+    "checkpoint_state_dict",
     "image_to_tensor",
+    "init_from_checkpoint",
     "load_checkpoint_file",
     "load_model_from_checkpoint",
     "load_vgg16_imagenet",
+    "model_from_config",
     "model_meta",
+    "normalize_images",
     "predict_logits",
+    "read_model_checkpoint",
     "tiny_fcn",
+    "unwrap_model",
     "vgg16_largefov",
 ]
 
@@ -52,16 +58,57 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     ``fc_init`` (``"deeplab"``/``"fresh"``), ``fc_channels``, ``dropout``; for ``tiny_fcn``
     ``width``, ``dropout``. The result records its own rebuild recipe in ``model.build_args``.
     """
-    if name not in MODELS:
-        raise InputError(f"model.name: unknown model {name!r}; choose one of {sorted(MODELS)}")
-    builder = MODELS[name]
-    accepted = set(inspect.signature(builder).parameters) - {"num_classes"}
-    unknown = sorted(set(kwargs) - accepted)
+    accepted = _builder_arguments(name)
+    unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise InputError(f"model {name!r} takes no argument(s) {unknown}; it accepts {sorted(accepted)}")
-    model = builder(num_classes, **kwargs)
+    model = MODELS[name](num_classes, **kwargs)
     model.build_args = {"name": name, "kwargs": {k: v for k, v in kwargs.items() if k not in _INIT_ONLY_ARGS}}
     return model
+
+
+def model_from_config(cfg: Any, num_classes: int) -> nn.Module:
+    """The network a config's ``model:`` section (``ModelConfig``) describes, with ``num_classes``
+    outputs: the builder of ``cfg.name`` takes the fields of the section its arguments name; with
+    ``cfg.init_checkpoint`` it starts from that trainer checkpoint (see :func:`init_from_checkpoint`)."""
+    kwargs = {argument: getattr(cfg, argument) for argument in _builder_arguments(cfg.name)}
+    model = build_model(cfg.name, num_classes, **kwargs)
+    if cfg.init_checkpoint:
+        init_from_checkpoint(model, Path(cfg.init_checkpoint), cfg.replace_classifier)
+    return model
+
+
+def _builder_arguments(name: str) -> list[str]:
+    if name not in MODELS:
+        raise InputError(f"model.name: unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return [argument for argument in inspect.signature(MODELS[name]).parameters if argument != "num_classes"]
+
+
+def init_from_checkpoint(model: nn.Module, path: Path, replace_classifier: bool = False) -> None:
+    """Load a trainer checkpoint's weights into ``model`` (``model.init_checkpoint``); with
+    ``replace_classifier`` the checkpoint's classifier is left out (another class count)."""
+    checkpoint = read_model_checkpoint(path, "model.init_checkpoint")
+    state = checkpoint_state_dict(checkpoint)
+    name = model.build_args["name"]
+    if replace_classifier:
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("classifier.") for k in missing):
+            raise InputError(f"model.init_checkpoint {path} does not match model {name!r} (keys {unexpected or missing})")
+        return
+    saved_classes = checkpoint["model_meta"]["num_classes"]
+    if saved_classes != model.num_classes:
+        raise InputError(
+            f"model.init_checkpoint {path} has {saved_classes} classes, the data {model.num_classes}; "
+            "set model.replace_classifier=true to fine-tune with a new classifier"
+        )
+    model.load_state_dict(state)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The network inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (else ``model``)."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model
 
 
 def model_meta(model: nn.Module, **extra: Any) -> dict[str, Any]:
@@ -71,7 +118,7 @@ def model_meta(model: nn.Module, **extra: Any) -> dict[str, Any]:
     ``mean`` / ``std`` (input normalisation, RGB in [0, 1] units), plus ``extra`` (e.g.
     ``class_names``).
     """
-    module = model.module if hasattr(model, "module") else model
+    module = unwrap_model(model)
     build_args = getattr(module, "build_args", None)
     if build_args is None:
         raise ValueError("model was not made by build_model; its meta cannot be recorded")
@@ -98,15 +145,29 @@ def load_model_from_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist; give a run's checkpoints/best.pt or latest.pt")
-    checkpoint = load_checkpoint_file(path)  # on the CPU: the device is the model's business, below
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_meta" not in checkpoint:
-        raise InputError(f"checkpoint {path} lacks 'model'/'model_meta'; it was not written by boxsup_ext.train")
+    checkpoint = read_model_checkpoint(path)  # on the CPU: the device is the model's business, below
     meta = checkpoint["model_meta"]
     model = build_model(meta["name"], meta["num_classes"], **meta.get("kwargs", {}))
-    state = {k.removeprefix("module."): v for k, v in checkpoint["model"].items()}
-    model.load_state_dict(state)
+    model.load_state_dict(checkpoint_state_dict(checkpoint))
     model.to(map_location).eval()
     return model, meta
+
+
+def read_model_checkpoint(path: Union[str, Path], what: str = "checkpoint") -> dict[str, Any]:
+    """A trainer checkpoint that holds a model (``model`` and ``model_meta``), read with
+    :func:`load_checkpoint_file`; ``what`` names the argument in the one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist")
+    checkpoint = load_checkpoint_file(path)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) or "model_meta" not in checkpoint:
+        raise InputError(f"{what} {path} lacks 'model'/'model_meta'; it was not written by boxsup_ext.train")
+    return checkpoint
+
+
+def checkpoint_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint, without a ``module.`` prefix (a wrapped model's keys)."""
+    return {key.removeprefix("module."): value for key, value in checkpoint["model"].items()}
 
 
 def load_checkpoint_file(path: Union[str, Path], map_location: Any = "cpu") -> Any:
@@ -126,19 +187,30 @@ def load_checkpoint_file(path: Union[str, Path], map_location: Any = "cpu") -> A
         raise InputError(f"checkpoint {path} is not readable ({err.__class__.__name__}); is the file complete?") from None
 
 
+def normalize_images(images: torch.Tensor, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """RGB uint8 [..., H, W, 3] -> normalised float32 [..., 3, H, W] on the same device (ImageNet
+    mean/std, in [0, 1] units, unless given): the one input normalisation of every model."""
+    mean_t = torch.tensor(list(mean or IMAGENET_MEAN), dtype=torch.float32, device=images.device).view(3, 1, 1)
+    std_t = torch.tensor(list(std or IMAGENET_STD), dtype=torch.float32, device=images.device).view(3, 1, 1)
+    return (images.movedim(-1, -3).float().div_(255.0) - mean_t) / std_t
+
+
 def image_to_tensor(image: np.ndarray, mean: Optional[tuple] = None, std: Optional[tuple] = None) -> torch.Tensor:
-    """RGB uint8 [H, W, 3] -> normalised float32 [3, H, W] (ImageNet mean/std unless given)."""
-    mean_t = torch.tensor(mean or IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std or IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
-    return (tensor - mean_t) / std_t
+    """RGB uint8 [H, W, 3] NumPy image -> normalised float32 [3, H, W] (see :func:`normalize_images`)."""
+    return normalize_images(torch.from_numpy(np.array(image, dtype=np.uint8)), mean, std)
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, image: torch.Tensor, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
-    """Full-image logits of one normalised image [3, H, W], bilinearly resized to ``size`` (default
-    (H, W)). Returns float32 [C, h, w] on the image's device. The caller sets eval mode."""
-    logits = model(image.unsqueeze(0))
-    out_size = size or tuple(image.shape[-2:])
-    logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
-    return logits[0]
+def predict_logits(model: nn.Module, images: torch.Tensor, size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    """Full-image logits of normalised images [3, H, W] or [B, 3, H, W], bilinearly resized to
+    ``size`` (default (H, W)). Returns float32 [C, h, w] or [B, C, h, w] on the images' device.
+    The caller sets eval mode."""
+    batch = images if images.dim() == 4 else images.unsqueeze(0)
+    logits = model(batch)
+    if logits.dim() != 4 or logits.shape[0] != batch.shape[0]:
+        raise InputError(f"model must return logits [B, C, h, w], got {list(logits.shape)}")
+    out_size = tuple(size or batch.shape[-2:])
+    logits = logits.float()
+    if tuple(logits.shape[-2:]) != out_size:
+        logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+    return logits if images.dim() == 4 else logits[0]
