@@ -158,7 +158,28 @@ def check_parity(device: str, quick: bool) -> dict:
                 if t.numel() and t.untyped_storage().nbytes() != t.numel() * t.element_size():
                     raise AssertionError(f"{name} is a view of a larger buffer")
         batches += 1
-    return {"cases": count, "bit_exact_vs_cpu": exact, "largest_mean_ce_difference": worst, "batches": batches}
+    # Painting: one batched call on the device equals the CPU op, with and without clipping.
+    painted = 0
+    for i in range(4 if quick else 40):
+        images = []
+        for k in range(int(torch.randint(1, 9, (1,), generator=g))):
+            h, w = int(torch.randint(0, 50, (1,), generator=g)), int(torch.randint(1, 90, (1,), generator=g))
+            n, m = int(torch.randint(1, 20, (1,), generator=g)), int(torch.randint(0, 8, (1,), generator=g))
+            units, members, _, boxes, _ = random_case(g, h, w, n, m, 3, torch.float32, False, k % 2 == 0,
+                                                      num_units=None if h * w else 1)
+            chosen = torch.randint(-1, n, (m,), generator=g)
+            images.append((units, members, chosen, torch.randint(1, 21, (m,), generator=g), boxes))
+        for clip in (False, True):
+            want = ops.paint_labels_batched(*[list(c) for c in zip(*images)], clip=clip, unassigned=255)
+            on_device = [(a[0].to(device), a[1].to(device)) + tuple(a[2:]) for a in images]  # per-box tables on the host
+            got = ops.paint_labels_batched(*[list(c) for c in zip(*on_device)], clip=clip, unassigned=255)
+            for a, b, args, host_args in zip(got, want, on_device, images):
+                single = ops.paint_labels(*args, clip=clip).cpu()
+                if not torch.equal(a.cpu(), b) or not torch.equal(single, ops.paint_labels(*host_args, clip=clip)):
+                    raise AssertionError("paint_labels on the device differs from the CPU")
+            painted += len(images)
+    return {"cases": count, "bit_exact_vs_cpu": exact, "largest_mean_ce_difference": worst, "batches": batches,
+            "painted_images": painted}
 
 
 def check_scale(device: str, quick: bool) -> dict:

@@ -113,27 +113,27 @@ at::Tensor host_copy(const at::Tensor& t, at::ScalarType dtype) { return t.to(at
 
 PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& members, const at::Tensor& chosen,
                                  const at::Tensor& labels, const c10::optional<at::Tensor>& boxes, bool clip,
-                                 int64_t unassigned) {
-  TORCH_CHECK(units.dim() == 2, "units must have shape [H, W], got ", shape_of(units));
+                                 int64_t unassigned, const std::string& where) {
+  TORCH_CHECK(units.dim() == 2, "units", where, " must have shape [H, W], got ", shape_of(units));
   TORCH_CHECK(units.scalar_type() == at::kInt || units.scalar_type() == at::kLong,
-              "units must be int32 or int64, got ", units.scalar_type());
+              "units", where, " must be int32 or int64, got ", units.scalar_type());
   TORCH_CHECK(members.dim() == 2 && members.scalar_type() == at::kLong,
-              "members must be int64 bit words of shape [N, ceil(U / 64)], got ", members.scalar_type(), " ",
+              "members", where, " must be int64 bit words of shape [N, ceil(U / 64)], got ", members.scalar_type(), " ",
               shape_of(members));
-  TORCH_CHECK(chosen.dim() == 1, "chosen must have shape [M], got ", shape_of(chosen));
-  TORCH_CHECK(!at::isFloatingType(chosen.scalar_type()), "chosen must be an integer tensor, got ",
+  TORCH_CHECK(chosen.dim() == 1, "chosen", where, " must have shape [M], got ", shape_of(chosen));
+  TORCH_CHECK(!at::isFloatingType(chosen.scalar_type()), "chosen", where, " must be an integer tensor, got ",
               chosen.scalar_type());
   TORCH_CHECK(labels.dim() == 1 && labels.size(0) == chosen.size(0),
-              "labels must have shape [M] with M = chosen.size(0) = ", chosen.size(0), ", got ", shape_of(labels));
-  TORCH_CHECK(!at::isFloatingType(labels.scalar_type()), "labels must be an integer tensor, got ",
+              "labels", where, " must have shape [M] with M = chosen.size(0) = ", chosen.size(0), ", got ", shape_of(labels));
+  TORCH_CHECK(!at::isFloatingType(labels.scalar_type()), "labels", where, " must be an integer tensor, got ",
               labels.scalar_type());
-  TORCH_CHECK(members.device() == units.device(), "units and members must be on one device, got ", units.device(),
+  TORCH_CHECK(members.device() == units.device(), "units and members", where, " must be on one device, got ", units.device(),
               " and ", members.device());
   for (const at::Tensor* t : {&chosen, &labels}) {
     TORCH_CHECK(t->device() == units.device() || t->device().is_cpu(),
-                "chosen and labels must be on the device of units or on the CPU, got ", t->device());
+                "chosen and labels", where, " must be on the device of units or on the CPU, got ", t->device());
   }
-  TORCH_CHECK(unassigned >= -1 && unassigned <= 255, "unassigned must be -1 (leave) or a label in [0, 255], got ",
+  TORCH_CHECK(unassigned >= -1 && unassigned <= 255, "unassigned", where, " must be -1 (leave) or a label in [0, 255], got ",
               unassigned);
   PaintInputs in;
   in.units = units.contiguous();
@@ -143,45 +143,62 @@ PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& memb
   in.num_candidates = members.size(0);
   in.num_words = members.size(1);
   in.unassigned = unassigned;
+  in.where = where;
   const at::Tensor c = host_copy(chosen, at::kLong);
   const at::Tensor l = host_copy(labels, at::kLong);
   in.chosen.assign(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
   in.labels.assign(l.data_ptr<int64_t>(), l.data_ptr<int64_t>() + l.numel());
   for (size_t m = 0; m < in.chosen.size(); ++m) {
-    TORCH_CHECK(in.chosen[m] >= -1 && in.chosen[m] < in.num_candidates, "chosen[", m, "] = ", in.chosen[m],
+    TORCH_CHECK(in.chosen[m] >= -1 && in.chosen[m] < in.num_candidates, "chosen", where, "[", m, "] = ", in.chosen[m],
                 " is outside [-1, N) with N = ", in.num_candidates, " candidates");
-    TORCH_CHECK(in.labels[m] >= 0 && in.labels[m] <= 255, "labels[", m, "] = ", in.labels[m],
+    TORCH_CHECK(in.labels[m] >= 0 && in.labels[m] <= 255, "labels", where, "[", m, "] = ", in.labels[m],
                 " does not fit a uint8 label map [0, 255]");
   }
   if (boxes.has_value()) {
     const at::Tensor& b = *boxes;
     TORCH_CHECK(b.dim() == 2 && b.size(1) == 4 && b.size(0) == chosen.size(0),
-                "boxes must have shape [M, 4] with M = chosen.size(0) = ", chosen.size(0), ", got ", shape_of(b));
-    TORCH_CHECK(at::isFloatingType(b.scalar_type()), "boxes must be a floating dtype, got ", b.scalar_type());
+                "boxes", where, " must have shape [M, 4] with M = chosen.size(0) = ", chosen.size(0), ", got ", shape_of(b));
+    TORCH_CHECK(at::isFloatingType(b.scalar_type()), "boxes", where, " must be a floating dtype, got ", b.scalar_type());
     TORCH_CHECK(b.device() == units.device() || b.device().is_cpu(),
-                "boxes must be on the device of units or on the CPU, got ", b.device());
+                "boxes", where, " must be on the device of units or on the CPU, got ", b.device());
     const at::Tensor bc = host_copy(b, at::kDouble);
     in.boxes.assign(bc.data_ptr<double>(), bc.data_ptr<double>() + bc.numel());
     in.box_info.resize(in.chosen.size() * math::kBoxInfoFields);
     for (size_t m = 0; m < in.chosen.size(); ++m) {
-      if (!math::box_is_valid(in.boxes.data() + 4 * m)) fail_box("", static_cast<int64_t>(m), in.boxes.data() + 4 * m);
+      if (!math::box_is_valid(in.boxes.data() + 4 * m)) fail_box(where, static_cast<int64_t>(m), in.boxes.data() + 4 * m);
       math::box_info(in.boxes.data() + 4 * m, in.labels.data(), static_cast<int64_t>(m), in.height, in.width,
                      in.box_info.data() + m * math::kBoxInfoFields);
     }
     in.clip = clip;
   } else {
-    TORCH_CHECK(unassigned < 0, "paint_labels needs boxes to mark the boxes without a candidate (unassigned = ",
+    TORCH_CHECK(unassigned < 0, "paint_labels", where, " needs boxes to mark the boxes without a candidate (unassigned = ",
                 unassigned, ")");
   }
   return in;
 }
 
 std::vector<int64_t> paint_order(const std::vector<int64_t>& chosen, const std::vector<int64_t>& area) {
-  std::vector<int64_t> order;
-  for (size_t m = 0; m < chosen.size(); ++m)
-    if (chosen[m] >= 0) order.push_back(static_cast<int64_t>(m));
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return area[a] > area[b]; });
+  std::vector<int64_t> regions, region_area;
+  for (size_t m = 0; m < chosen.size(); ++m) {
+    if (chosen[m] < 0) continue;
+    regions.push_back(static_cast<int64_t>(m));
+    region_area.push_back(area[m]);
+  }
+  const int64_t count = static_cast<int64_t>(regions.size());
+  std::vector<int64_t> order(count);
+  for (int64_t k = 0; k < count; ++k) order[math::paint_rank(region_area.data(), count, k)] = regions[k];
   return order;
+}
+
+void check_paint_batch_args(at::TensorList units, at::TensorList members, at::TensorList chosen, at::TensorList labels,
+                            at::TensorList boxes) {
+  const size_t count = units.size();
+  TORCH_CHECK(members.size() == count && chosen.size() == count && labels.size() == count && boxes.size() == count,
+              "paint_labels_batched needs one units, members, chosen, labels and boxes tensor per image; got ",
+              units.size(), ", ", members.size(), ", ", chosen.size(), ", ", labels.size(), ", ", boxes.size());
+  for (size_t b = 0; b < count; ++b)
+    TORCH_CHECK(units[b].device() == units[0].device(), "all images of a batch must be on one device; image ", b,
+                " is on ", units[b].device(), ", image 0 on ", units[0].device());
 }
 
 void check_pack_masks_input(const at::Tensor& masks) {
@@ -211,6 +228,9 @@ TORCH_LIBRARY(boxsup, m) {
   m.def(
       "paint_labels(Tensor units, Tensor members, Tensor chosen, Tensor labels, Tensor? boxes, bool clip=True, "
       "int unassigned=-1) -> Tensor");
+  m.def(
+      "paint_labels_batched(Tensor[] units, Tensor[] members, Tensor[] chosen, Tensor[] labels, Tensor[] boxes, "
+      "bool clip=True, int unassigned=-1) -> Tensor[]");
 }
 
 namespace {

@@ -41,13 +41,18 @@ struct PaintInputs {
   bool clip = false;
   int64_t unassigned = -1;  // label for the free pixels of a box without a candidate; -1: leave them
   int64_t height = 0, width = 0, num_candidates = 0, num_words = 0;
+  std::string where;
 };
 PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& members, const at::Tensor& chosen,
                                  const at::Tensor& labels, const c10::optional<at::Tensor>& boxes, bool clip,
-                                 int64_t unassigned);
+                                 int64_t unassigned, const std::string& where);
 
-// The paint order, shared by both backends: the boxes that have a candidate, by descending painted
-// area (ties in box order), so smaller regions are painted last and end on top.
+// The lists of paint_labels_batched: one tensor of each kind per image, units of every image on one device.
+void check_paint_batch_args(at::TensorList units, at::TensorList members, at::TensorList chosen, at::TensorList labels,
+                            at::TensorList boxes);
+
+// The paint order (math::paint_rank): the boxes that have a candidate, by descending painted area
+// (ties in box order), so smaller regions are painted last and end on top.
 std::vector<int64_t> paint_order(const std::vector<int64_t>& chosen, const std::vector<int64_t>& area);
 
 // Checks of the other ops' arguments, shared by both backends.

@@ -362,5 +362,17 @@ HOST_DEVICE_INLINE void finalize_box(int64_t count, const double* bbox, int64_t 
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Painting: the order in which the chosen regions of one image are painted.
+
+// Position of region k among `count` regions in paint order: larger painted area first, ties in
+// region (box) order, so smaller regions are painted later and end on top. A pixel covered by
+// several regions takes the label of the covering region with the highest rank.
+HOST_DEVICE_INLINE int64_t paint_rank(const int64_t* area, int64_t count, int64_t k) {
+  int64_t rank = 0;
+  for (int64_t j = 0; j < count; ++j) rank += (area[j] > area[k]) || (area[j] == area[k] && j < k);
+  return rank;
+}
+
 }  // namespace math
 }  // namespace boxsup

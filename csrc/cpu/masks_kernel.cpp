@@ -5,6 +5,8 @@
 #include <torch/types.h>
 
 #include <algorithm>
+#include <exception>
+#include <string>
 #include <numeric>
 #include <vector>
 
@@ -61,7 +63,7 @@ at::Tensor paint_labels_impl(const PaintInputs& in) {
   const uint64_t* members = reinterpret_cast<const uint64_t*>(in.members.data_ptr<int64_t>());
   for (int64_t p = 0; p < H * W; ++p) {
     const int64_t u = static_cast<int64_t>(units[p]);
-    if (u < 0 || u >= W64 * 64) fail_units("", W64 * 64);
+    if (u < 0 || u >= W64 * 64) fail_units(in.where, W64 * 64);
   }
   // Region m is painted inside [col_begin, col_end) x [row_begin, row_end): its box when clipping.
   std::vector<int64_t> col_begin(M, 0), col_end(M, W), row_begin(M, 0), row_end(M, H);
@@ -112,8 +114,35 @@ at::Tensor paint_labels_impl(const PaintInputs& in) {
 at::Tensor paint_labels_cpu(const at::Tensor& units, const at::Tensor& members, const at::Tensor& chosen,
                             const at::Tensor& labels, const c10::optional<at::Tensor>& boxes, bool clip,
                             int64_t unassigned) {
-  const PaintInputs in = prepare_paint_inputs(units, members, chosen, labels, boxes, clip, unassigned);
+  const PaintInputs in = prepare_paint_inputs(units, members, chosen, labels, boxes, clip, unassigned, "");
   return AT_DISPATCH_INDEX_TYPES(in.units.scalar_type(), "paint_labels", [&] { return paint_labels_impl<index_t>(in); });
+}
+
+std::vector<at::Tensor> paint_labels_batched_cpu(at::TensorList units, at::TensorList members, at::TensorList chosen,
+                                                 at::TensorList labels, at::TensorList boxes, bool clip,
+                                                 int64_t unassigned) {
+  check_paint_batch_args(units, members, chosen, labels, boxes);
+  const size_t B = units.size();
+  std::vector<PaintInputs> inputs;
+  inputs.reserve(B);
+  for (size_t b = 0; b < B; ++b)
+    inputs.push_back(prepare_paint_inputs(units[b], members[b], chosen[b], labels[b], boxes[b], clip, unassigned,
+                                          image_where(true, b)));
+  std::vector<at::Tensor> out(B);
+  std::vector<std::exception_ptr> errors(B);
+  at::parallel_for(0, static_cast<int64_t>(B), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      try {
+        out[b] = AT_DISPATCH_INDEX_TYPES(inputs[b].units.scalar_type(), "paint_labels",
+                                         [&] { return paint_labels_impl<index_t>(inputs[b]); });
+      } catch (...) {
+        errors[b] = std::current_exception();
+      }
+    }
+  });
+  for (const auto& error : errors)
+    if (error) std::rethrow_exception(error);
+  return out;
 }
 
 }  // namespace
@@ -123,4 +152,5 @@ TORCH_LIBRARY_IMPL(boxsup, CPU, m) {
   m.impl("pack_masks", &boxsup::pack_masks_cpu);
   m.impl("unpack_masks", &boxsup::unpack_masks_cpu);
   m.impl("paint_labels", &boxsup::paint_labels_cpu);
+  m.impl("paint_labels_batched", &boxsup::paint_labels_batched_cpu);
 }
