@@ -187,3 +187,31 @@ def test_user_errors_are_one_line(synthetic, boxsup_run, tmp_path, capsys):
     assert "holds another run's state" in error_of(cli_args(synthetic, boxsup_run))
     changed = cli_args(synthetic, boxsup_run, extra=["--resume", "--set", "train.lr=0.5"])
     assert "another config" in error_of(changed) and "train.lr" in error_of(changed)
+
+
+def test_logged_label_miou_leaves_the_labels_ignore_pixels_out(synthetic, tmp_path):
+    # min_iou and clip_to_box leave pixels of the labels as ignore (255); the logged label mIoU is the
+    # IoU over the pixels the labels decide, the ignore share is logged beside it.
+    from boxsup_ext.data import open_dataset
+
+    run_dir = tmp_path / "ignore"
+    extra = ["--set", "relabel.min_iou=0.6", "--set", "relabel.clip_to_box=true"]
+    assert train_main(cli_args(synthetic, run_dir, epochs=1, extra=extra)) == 0
+    entry = read_log(run_dir)[0]
+    dataset = open_dataset(synthetic.dataset, "train", kind="synthetic")
+    num_classes = dataset.num_classes
+    inter, union = np.zeros(num_classes), np.zeros(num_classes)
+    ignored = scored = 0
+    for name, label in label_maps(run_dir).items():
+        gt = dataset.load_class_map(dataset.index_of(name[: -len(".png")]))
+        truth = gt != 255
+        decided = truth & (label != 255)
+        ignored += int((truth & (label == 255)).sum())
+        scored += int(truth.sum())
+        for c in range(num_classes):
+            inter[c] += np.sum((label == c) & (gt == c) & decided)
+            union[c] += np.sum(((label == c) | (gt == c)) & decided)
+    assert ignored > 0  # the case the test is about
+    assert entry["label_miou"] == pytest.approx(np.mean(inter[union > 0] / union[union > 0]))
+    assert entry["label_ignore_share"] == pytest.approx(ignored / scored)
+    assert entry["label_stats"]["label_ignore_share"] == entry["label_ignore_share"]
