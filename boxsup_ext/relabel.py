@@ -44,6 +44,17 @@ class RelabelSettings:
     clip_to_box: bool = False
     min_iou: float = 0.0
 
+    @classmethod
+    def from_config(cls, relabel: Any, mode: str) -> "RelabelSettings":
+        """The settings of a trainer config's ``relabel:`` section (a validated ``RelabelConfig``)
+        under ``train.mode``: ``boxsup`` samples among ``topk``, ``boxsup_greedy`` takes the cheapest,
+        and the fixed baselines (``rectangles``, ``grabcut``) take each box's best-matching candidate
+        with the network unused (lam 0, box IoU)."""
+        if mode not in ("boxsup", "boxsup_greedy"):
+            return cls(lam=0.0, topk=1, iou="box", clip_to_box=relabel.clip_to_box)
+        topk = 1 if mode == "boxsup_greedy" else relabel.topk
+        return cls(lam=relabel.lam, topk=topk, iou=relabel.iou, clip_to_box=relabel.clip_to_box, min_iou=relabel.min_iou)
+
 
 class RelabelInput(NamedTuple):
     """One box-supervised image: ``image`` uint8 [H, W, 3] RGB; ``units`` int32/int64 [H, W];

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from boxsup_ext.data import Source, UnionDataset, open_dataset, open_training_set, save_label_png, supervision_counts
+from boxsup_ext.config import SourceConfig
+from boxsup_ext.data import open_dataset, open_training_set, save_label_png
 from boxsup_ext.data.synthetic import generate
 from boxsup_ext.utils import InputError
 
@@ -76,40 +77,37 @@ def two_synthetic(tmp_path_factory):
     return generate(base / "a", 6, 2, seed=1, height=48, width=48), generate(base / "b", 6, 2, seed=2, height=48, width=48)
 
 
-def test_union_semi_supervision(two_synthetic, tmp_path):
+def test_training_set_semi_supervision(two_synthetic, tmp_path):
     first, _ = two_synthetic
     mask_list = tmp_path / "masked.txt"
     mask_list.write_text("train_000000\ntrain_000003\n")
-    union = open_training_set(
+    training = open_training_set(
         [
-            {"root": first, "split": "train", "kind": "synthetic", "supervision": "semi", "mask_list": mask_list},
-            {"root": first, "split": "val", "kind": "synthetic", "supervision": "box"},
+            SourceConfig(kind="synthetic", root=str(first), split="train", supervision="semi", mask_list=str(mask_list)),
+            SourceConfig(kind="synthetic", root=str(first), split="val", supervision="box", limit=1),
         ]
     )
-    assert len(union) == 8 and supervision_counts(union) == {"mask": 2, "box": 6}
-    assert [r.image_id for r in union if r.supervision == "mask"] == ["train_000000", "train_000003"]
+    assert len(training.images) == 7 and training.supervision_counts() == {"mask": 2, "box": 5}
+    assert [i.image_id for i in training.images if i.supervision == "mask"] == ["train_000000", "train_000003"]
+    last = training.images[-1]
+    assert (last.source, last.index, last.image_id) == (1, 0, "val_000000")
     source = open_dataset(first, "val", kind="synthetic")
-    np.testing.assert_array_equal(union.load_image(6), source.load_image(0))
-    np.testing.assert_array_equal(union.load_class_map(7), source.load_class_map(1))
-    assert union.load_instances(7)[0].shape[0] == source[1].num_boxes
-    assert union.fingerprint() != source.fingerprint() and union.class_names == source.class_names
+    np.testing.assert_array_equal(training.datasets[last.source].load_image(last.index), source.load_image(0))
+    assert training.class_names == source.class_names and training.fingerprints()[1] == source.fingerprint()
+    auto = open_training_set([SourceConfig(kind="synthetic", root=str(first), split="train", supervision="auto")])
+    assert auto.supervision_counts() == {"mask": 6}
 
 
-def test_union_refusals(two_synthetic, folder):
+def test_training_set_refusals(two_synthetic, folder):
     first, second = two_synthetic
-    train = open_dataset(first, "train", kind="synthetic")
-    with pytest.raises(InputError, match="image id 'train_000000' is in both"):
-        UnionDataset([Source(train, "mask"), Source(open_dataset(second, "train", kind="synthetic"), "box")])
-    with pytest.raises(InputError, match="has 3 classes"):
-        UnionDataset([Source(train, "mask"), Source(open_dataset(folder, "train", kind="folder"), "mask")])
-    with pytest.raises(InputError, match="supervision 'semi' needs mask_ids"):
-        UnionDataset([Source(train, "semi")])
-    with pytest.raises(InputError, match="supervision must be one of"):
-        UnionDataset([Source(train, "full")])
-    boxes_only = open_dataset(first, "train", kind="voc07")
-    with pytest.raises(InputError, match="has no ground-truth mask but its supervision is 'mask'"):
-        UnionDataset([Source(boxes_only, "mask")])
-    with pytest.raises(InputError, match="training source 0: missing key 'split'"):
-        open_training_set([{"root": first}])
+    synthetic = SourceConfig(kind="synthetic", root=str(first), split="train")
+    with pytest.raises(InputError, match="image id 'train_000000' occurs in data.train.0 and data.train.1"):
+        open_training_set([synthetic, SourceConfig(kind="synthetic", root=str(second), split="train")])
+    with pytest.raises(InputError, match="data.train.1 has 3 classes but data.train.0 has"):
+        open_training_set([synthetic, SourceConfig(kind="folder", root=str(folder), split="train")])
+    with pytest.raises(InputError, match=r"data.train.0.mask_list: .* does not exist"):
+        open_training_set([SourceConfig(kind="synthetic", root=str(first), split="train", supervision="semi")])
+    with pytest.raises(InputError, match=r"data.train.0.root is empty"):
+        open_training_set([SourceConfig(kind="synthetic", split="train")])
     with pytest.raises(InputError, match="dataset kind must be one of"):
         open_dataset(first, "train", kind="pascal")

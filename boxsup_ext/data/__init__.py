@@ -4,7 +4,7 @@ The core is torch-free (numpy + PIL; scipy and pycocotools are imported only whe
 imports fast. Entry points::
 
     open_dataset(root, split, kind="voc"|"voc07"|"coco"|"folder"|"synthetic", skip_bad=False, **kw)
-    open_training_set([{"root": ..., "split": ..., "kind": ..., "supervision": "mask"|"box"|"semi"}, ...])
+    open_training_set(config.data.train)   # the sources of a trainer config, with their supervision
     python -m boxsup_ext.data check ROOT
     python -m boxsup_ext.data.synthetic --out DIR --num-train N --num-val M --seed S
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from boxsup_ext.data.palette import load_label_png, save_label_png, voc_palette
 from boxsup_ext.data.records import ImageRecord, PathLike, SegmentationDataset
-from boxsup_ext.data.sources import Source, UnionDataset, open_training_set, supervision_counts
+from boxsup_ext.data.sources import TrainImage, TrainingSet, open_source, open_training_set
 from boxsup_ext.data.voc import VOC_CLASSES, VOCDataset
 from boxsup_ext.utils import InputError
 
@@ -26,15 +26,15 @@ __all__ = [
     "VOC_CLASSES",
     "ImageRecord",
     "SegmentationDataset",
-    "Source",
-    "UnionDataset",
+    "TrainImage",
+    "TrainingSet",
     "VOCDataset",
     "detect_kind",
     "load_label_png",
     "open_dataset",
+    "open_source",
     "open_training_set",
     "save_label_png",
-    "supervision_counts",
     "voc_palette",
 ]
 

@@ -1,133 +1,107 @@
-"""A training set as a union of sources, each with its supervision.
+"""The training set: the sources of ``data.train``, each with its supervision, as one list of images.
 
-A source's ``supervision`` is ``"mask"`` (train on its ground-truth masks), ``"box"`` (boxes only,
-masks ignored even where present) or ``"semi"`` (masks for the image ids of ``mask_ids`` /
-``mask_list`` — e.g. the 1,464 original VOC train images — boxes for the rest).
+A source (a :class:`boxsup_ext.config.SourceConfig`: ``kind``, ``root``, ``split``, ``supervision``,
+``limit``, ``mask_list``, ``categories``) is one dataset split. Its ``supervision`` is ``auto``
+(each record's own: masks where the dataset has them), ``box`` or ``mask`` (forced for every
+image), or ``semi`` (masks for the image ids listed in ``mask_list`` — e.g. the 1,464 original VOC
+train images — boxes for the rest). The trainer and the tests open training sets here only.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Any, Sequence
 
-import numpy as np
-
-from boxsup_ext.data.records import PathLike, SegmentationDataset, read_id_list
+from boxsup_ext.data.records import SegmentationDataset, read_id_list
 from boxsup_ext.utils import InputError
 
-SOURCE_SUPERVISIONS = ("mask", "box", "semi")
+
+@dataclass(frozen=True)
+class TrainImage:
+    """One training image: where it comes from and how it is supervised (``"box"``/``"mask"``)."""
+
+    source: int  # index into the training set's datasets (data.train.<source>)
+    index: int  # index of the image within that dataset
+    image_id: str
+    supervision: str
 
 
-@dataclasses.dataclass
-class Source:
-    """One dataset of a union and how it is supervised.
+@dataclass
+class TrainingSet:
+    """The opened sources of ``data.train`` (``datasets[s]`` is source s) and all their images in
+    order. Every source has the same class count; image ids are unique over all sources (labels
+    are stored as ``labels/<image_id>.png``)."""
 
-    Attributes:
-        dataset: the dataset.
-        supervision: ``"mask"``, ``"box"`` or ``"semi"``.
-        mask_ids: for ``"semi"``, the image ids trained on masks.
-        mask_list: for ``"semi"``, a split-list file of those ids (instead of ``mask_ids``).
-    """
+    datasets: list[SegmentationDataset]
+    images: list[TrainImage]
 
-    dataset: SegmentationDataset
-    supervision: str = "box"
-    mask_ids: Optional[Iterable[str]] = None
-    mask_list: Optional[PathLike] = None
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.datasets[0].class_names)
 
-    def mask_id_set(self) -> set[str]:
-        ids = set(self.mask_ids or ())
-        if self.mask_list is not None:
-            ids.update(read_id_list(Path(self.mask_list)))
-        if not ids:
-            raise InputError(f"source {self.dataset.name!r}: supervision 'semi' needs mask_ids or a mask_list file")
-        return ids
+    @property
+    def num_classes(self) -> int:
+        return self.datasets[0].num_classes
 
+    def supervision_counts(self) -> dict[str, int]:
+        """Number of images per supervision, e.g. {"mask": 1464, "box": 9118}."""
+        counts: dict[str, int] = {}
+        for image in self.images:
+            counts[image.supervision] = counts.get(image.supervision, 0) + 1
+        return counts
 
-class UnionDataset(SegmentationDataset):
-    """The concatenation of several sources; records carry each source's supervision.
-
-    All sources must share the class names. Image ids must be unique across sources.
-    """
-
-    def __init__(self, sources: Sequence[Source], name: str = "union") -> None:
-        if not sources:
-            raise InputError("a training set needs at least one source")
-        class_names = sources[0].dataset.class_names
-        super().__init__(name, class_names)
-        self._members: list[tuple[SegmentationDataset, int]] = []
-        seen: dict[str, str] = {}
-        for source in sources:
-            dataset = source.dataset
-            if dataset.class_names != class_names:
-                raise InputError(
-                    f"source {dataset.name!r} has {dataset.num_classes} classes {dataset.class_names[:3]}..., "
-                    f"the first source {len(class_names)}; open all sources with the same class set"
-                )
-            if source.supervision not in SOURCE_SUPERVISIONS:
-                raise InputError(f"source {dataset.name!r}: supervision must be one of {SOURCE_SUPERVISIONS}, got {source.supervision!r}")
-            mask_ids = source.mask_id_set() if source.supervision == "semi" else None
-            self.problems.extend(dataset.problems)
-            for index, record in enumerate(dataset.records):
-                if record.image_id in seen:
-                    raise InputError(
-                        f"image id {record.image_id!r} is in both {seen[record.image_id]!r} and {dataset.name!r}; "
-                        "a union must not list an image twice"
-                    )
-                seen[record.image_id] = dataset.name
-                wants_mask = source.supervision == "mask" or (mask_ids is not None and record.image_id in mask_ids)
-                if wants_mask and record.supervision != "mask":
-                    raise InputError(
-                        f"source {dataset.name!r}: image {record.image_id!r} has no ground-truth mask but its "
-                        f"supervision is {source.supervision!r}; use 'box' or list only images with masks"
-                    )
-                supervision = "mask" if wants_mask else "box"
-                self.records.append(dataclasses.replace(record, supervision=supervision))
-                self._members.append((dataset, index))
-
-    def image_file(self, i: int) -> Optional[Path]:
-        dataset, index = self._members[i]
-        return dataset.image_file(index)
-
-    def load_image(self, i: int) -> np.ndarray:
-        dataset, index = self._members[i]
-        return dataset.load_image(index)
-
-    def load_class_map(self, i: int) -> Optional[np.ndarray]:
-        dataset, index = self._members[i]
-        return dataset.load_class_map(index)
-
-    def load_instances(self, i: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
-        dataset, index = self._members[i]
-        return dataset.load_instances(index)
+    def fingerprints(self) -> list[str]:
+        return [dataset.fingerprint() for dataset in self.datasets]
 
 
-def open_training_set(specs: Sequence[dict], skip_bad: bool = False, name: str = "union") -> UnionDataset:
-    """Open a union from source specs.
-
-    Each spec is a dict with ``root``, ``split``, ``kind`` (as :func:`open_dataset`), ``supervision``
-    (``mask``/``box``/``semi``, default ``box``), for ``semi`` ``mask_list`` (a split-list path) or
-    ``mask_ids``, and any further keyword arguments of the reader.
-    """
+def open_source(source: Any, skip_bad: bool = False) -> SegmentationDataset:
+    """The dataset split a source names (COCO sources take their ``categories``)."""
     from boxsup_ext.data import open_dataset
 
-    sources = []
-    for position, spec in enumerate(specs):
-        spec = dict(spec)
-        try:
-            root, split = spec.pop("root"), spec.pop("split")
-        except KeyError as err:
-            raise InputError(f"training source {position}: missing key {err}; each needs 'root' and 'split'") from None
-        supervision = spec.pop("supervision", "box")
-        mask_ids, mask_list = spec.pop("mask_ids", None), spec.pop("mask_list", None)
-        dataset = open_dataset(root, split, skip_bad=skip_bad, **spec)
-        sources.append(Source(dataset, supervision, mask_ids, mask_list))
-    return UnionDataset(sources, name=name)
+    extra = {"categories": source.categories} if source.kind == "coco" else {}
+    return open_dataset(source.root, source.split, kind=source.kind, skip_bad=skip_bad, **extra)
 
 
-def supervision_counts(dataset: SegmentationDataset) -> dict[str, int]:
-    """Number of records per supervision, e.g. {"mask": 1464, "box": 9118}."""
-    counts: dict[str, int] = {}
-    for record in dataset.records:
-        counts[record.supervision] = counts.get(record.supervision, 0) + 1
-    return counts
+def open_training_set(sources: Sequence[Any], skip_bad: bool = False) -> TrainingSet:
+    """Open the sources of ``data.train`` (``SourceConfig`` s) and list their images."""
+    datasets = []
+    for i, source in enumerate(sources):
+        if not source.root:
+            raise InputError(f"data.train.{i}.root is empty; set it to the dataset folder (--set data.train.{i}.root=DIR)")
+        datasets.append(open_source(source, skip_bad))
+    for i, dataset in enumerate(datasets[1:], start=1):
+        if dataset.num_classes != datasets[0].num_classes:
+            raise InputError(f"data.train.{i} has {dataset.num_classes} classes but data.train.0 has {datasets[0].num_classes}")
+    return TrainingSet(datasets, list_train_images(datasets, sources))
+
+
+def list_train_images(datasets: Sequence[SegmentationDataset], sources: Sequence[Any]) -> list[TrainImage]:
+    """All training images of ``datasets`` in order; ``sources[s]`` is the source of dataset s
+    (its ``supervision``, and ``limit`` > 0 keeps only the first that many images)."""
+    images: list[TrainImage] = []
+    seen: dict[str, int] = {}
+    for number, (dataset, source) in enumerate(zip(datasets, sources)):
+        mask_ids: set[str] = set()
+        if source.supervision == "semi":
+            path = Path(source.mask_list)
+            if not source.mask_list or not path.is_file():
+                raise InputError(f"data.train.{number}.mask_list: {path} does not exist; give a file of image ids")
+            mask_ids = set(read_id_list(path))
+        count = len(dataset) if source.limit <= 0 else min(source.limit, len(dataset))
+        for index in range(count):
+            record = dataset[index]
+            if record.image_id in seen:
+                raise InputError(
+                    f"image id {record.image_id!r} occurs in data.train.{seen[record.image_id]} and "
+                    f"data.train.{number}; training sources must not share images"
+                )
+            seen[record.image_id] = number
+            if source.supervision == "semi":
+                kind = "mask" if record.image_id in mask_ids else "box"
+            else:
+                kind = record.supervision if source.supervision == "auto" else source.supervision
+            images.append(TrainImage(number, index, record.image_id, kind))
+    if not images:
+        raise InputError("the training sources (data.train) hold no images")
+    return images

@@ -1,4 +1,5 @@
-"""Training images, their label files, augmentation and the per-epoch batch plan.
+"""Training samples (image + label file, augmented) and the per-epoch batch plan. The training
+images themselves are listed by :mod:`boxsup_ext.data.sources`.
 
 Randomness here never touches the global RNGs: the order of an epoch comes from (seed, epoch) and
 each sample's augmentation from (seed, epoch, position), so an epoch is the same whatever the
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import math
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -18,57 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from boxsup_ext.data.sources import TrainImage
 from boxsup_ext.models import IMAGENET_MEAN, image_to_tensor
 from boxsup_ext.relabel import IGNORE_LABEL
 from boxsup_ext.utils import InputError
-
-
-@dataclass(frozen=True)
-class TrainImage:
-    """One training image: where it comes from and how it is supervised (``"box"``/``"mask"``)."""
-
-    source: int  # index into the list of training datasets
-    index: int  # index of the image within that dataset
-    image_id: str
-    supervision: str
-
-
-def list_train_images(datasets: Sequence[Any], sources: Sequence[Any]) -> list[TrainImage]:
-    """All training images of ``datasets`` (``SegmentationDataset`` s) in order.
-
-    ``sources[s]`` is the ``SourceConfig`` of dataset s: its ``supervision`` (``auto`` keeps each
-    record's own, ``box``/``mask`` force it, ``semi`` uses masks for the ids in ``mask_list``) and
-    ``limit`` (> 0 keeps only the first that many images). Image ids must be unique over all
-    sources, since labels are stored as ``labels/<image_id>.png``.
-    """
-    from boxsup_ext.data.records import read_id_list
-
-    images: list[TrainImage] = []
-    seen: dict[str, int] = {}
-    for number, (dataset, source) in enumerate(zip(datasets, sources)):
-        mask_ids: set[str] = set()
-        if source.supervision == "semi":
-            path = Path(source.mask_list)
-            if not path.is_file():
-                raise InputError(f"data.train.{number}.mask_list: {path} does not exist; give a file of image ids")
-            mask_ids = set(read_id_list(path))
-        count = len(dataset) if source.limit <= 0 else min(source.limit, len(dataset))
-        for index in range(count):
-            record = dataset[index]
-            if record.image_id in seen:
-                raise InputError(
-                    f"image id {record.image_id!r} occurs in data.train.{seen[record.image_id]} and "
-                    f"data.train.{number}; training sources must not share images"
-                )
-            seen[record.image_id] = number
-            if source.supervision == "semi":
-                kind = "mask" if record.image_id in mask_ids else "box"
-            else:
-                kind = record.supervision if source.supervision == "auto" else source.supervision
-            images.append(TrainImage(number, index, record.image_id, kind))
-    if not images:
-        raise InputError("the training sources (data.train) hold no images")
-    return images
 
 
 def epoch_batches(num_images: int, global_batch: int, seed: int, epoch: int) -> list[list[int]]:
@@ -157,24 +110,18 @@ class LabelledImages(Dataset):
     ``images[i]``; its augmentation is seeded by (seed, epoch, i)."""
 
     def __init__(
-        self,
-        datasets: Sequence[Any],
-        images: Sequence[TrainImage],
-        labels_dir: Path,
-        epoch: int,
-        seed: int,
-        crop_size: int,
-        scale_range: tuple[float, float],
-        flip: bool,
+        self, datasets: Sequence[Any], images: Sequence[TrainImage], labels_dir: Path, epoch: int, seed: int, augmentation: Any
     ) -> None:
+        """``augmentation``: the config's ``data:`` section (``crop_size``, ``scale_min``,
+        ``scale_max``, ``flip``)."""
         self.datasets = datasets
         self.images = images
         self.labels_dir = Path(labels_dir)
         self.epoch = epoch
         self.seed = seed
-        self.crop_size = crop_size
-        self.scale_range = scale_range
-        self.flip = flip
+        self.crop_size = augmentation.crop_size
+        self.scale_range = (augmentation.scale_min, augmentation.scale_max)
+        self.flip = augmentation.flip
 
     def __len__(self) -> int:
         return len(self.images)

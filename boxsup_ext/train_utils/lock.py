@@ -14,9 +14,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from boxsup_ext.run_dir import RunDir
 from boxsup_ext.utils import InputError, ensure_output_dir
-
-LOCK_NAME = ".lock"
 
 
 class RunLock:
@@ -24,7 +23,7 @@ class RunLock:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_NAME
+        self.path = RunDir(run_dir).lock_file
         self._fd: Optional[int] = None
 
     def acquire(self) -> None:

@@ -1,8 +1,7 @@
-"""Checkpoints, RNG state and the run directory's identity checks.
+"""Checkpoints, RNG state and the run directory's identity checks (the layout itself is
+:mod:`boxsup_ext.run_dir`).
 
-Run directory layout: ``config.yaml``, ``run.json`` (the config and dataset fingerprints the run
-belongs to), ``checkpoints/latest.pt`` and ``best.pt``, ``labels/``, ``log.jsonl``, ``metrics/``, and
-``.lock`` while a trainer holds the run (:mod:`boxsup_ext.train_utils.lock`). A checkpoint is a dict with ``model``, ``model_meta``, ``config``,
+A checkpoint is a dict with ``model``, ``model_meta``, ``config``,
 ``epoch`` (completed epochs), ``step`` (batches done in the next epoch; non-zero only after an
 interrupt), ``optimizer``, ``scheduler``, ``rng``, ``label_state``, ``best_miou``,
 ``dataset_fingerprints``, ``world_size``, ``elapsed_s``. Every value is a tensor or a plain type
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from boxsup_ext.models import load_checkpoint_file
+from boxsup_ext.run_dir import RunDir
 from boxsup_ext.utils import InputError, atomic_save_torch, atomic_write
 
 # Config keys a resumed run may change: they affect speed and display, not the results.
@@ -106,16 +106,15 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     return diffs
 
 
-def check_run_dir(run_dir: Path, resume: bool, config_dict: dict, fingerprints: list[str]) -> Optional[dict]:
-    """Make sure ``run_dir`` may hold this run; returns the checkpoint to resume from, if any.
+def checkpoint_to_resume(run: RunDir, resume: bool, config_dict: dict, fingerprints: list[str]) -> Optional[dict]:
+    """Make sure ``run`` may hold this run; returns the checkpoint to resume from, if any.
 
     A fresh run needs a run directory without another run's state. ``--resume`` needs the saved
     config to match the current one (except :data:`RESUMABLE_KEYS`) and the checkpoint to have
     been made on the same datasets.
     """
-    latest = run_dir / "checkpoints" / "latest.pt"
-    saved_config_path = run_dir / "run.json"
-    has_state = latest.exists() or saved_config_path.exists()
+    run_dir, latest = run.root, run.latest
+    has_state = latest.exists() or run.record_file.exists()
     if not resume:
         if has_state:
             raise InputError(
@@ -123,8 +122,8 @@ def check_run_dir(run_dir: Path, resume: bool, config_dict: dict, fingerprints: 
                 "or choose an empty --run-dir"
             )
         return None
-    if saved_config_path.exists():
-        saved = read_run_identity(saved_config_path)
+    if run.record_file.exists():
+        saved = read_run_identity(run.record_file)
         diffs = config_differences(saved.get("config", {}), config_dict)
         if diffs:
             raise InputError(f"run directory {run_dir} holds a run with another config ({'; '.join(diffs[:3])}); use a new --run-dir")
@@ -152,9 +151,9 @@ def read_run_identity(path: Path) -> dict:
     return saved
 
 
-def write_run_identity(run_dir: Path, config_dict: dict, fingerprints: list[str]) -> None:
+def write_run_identity(run: RunDir, config_dict: dict, fingerprints: list[str]) -> None:
     """``run.json``: the config and datasets this run directory belongs to."""
-    with atomic_write(run_dir / "run.json", "w") as handle:
+    with atomic_write(run.record_file, "w") as handle:
         json.dump({"config": config_dict, "dataset_fingerprints": fingerprints}, handle, indent=2)
 
 
