@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from boxsup_ext import ops  # noqa: E402
-from boxsup_ext.reference import box_pixel_mask, pack_bits, unpack_bits  # noqa: E402
+from boxsup_ext.reference import box_pixel_masks, pack_bits, unpack_bits  # noqa: E402
 
 HEIGHT, WIDTH, NUM_CLASSES, NUM_CANDIDATES, NUM_UNITS, NUM_BOXES = 375, 500, 21, 2000, 800, 3
 
@@ -149,7 +149,7 @@ def unit_statistics(units, logits, boxes, labels, num_units):
     nll = torch.logsumexp(logits, dim=0).reshape(-1)[None] - logits[labels].reshape(len(labels), -1)  # [M, HW]
     count = torch.zeros(num_units, device=units.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
     ce = torch.zeros(num_units, len(labels), device=units.device).index_add_(0, flat, nll.t())
-    rect = torch.stack([box_pixel_mask(b.tolist(), h, w).reshape(-1) for b in boxes.cpu()]).to(units.device).float()
+    rect = box_pixel_masks(boxes, h, w).reshape(len(boxes), h * w).to(units.device).float()
     inbox = torch.zeros(num_units, len(labels), device=units.device).index_add_(0, flat, rect.t())
     ys = torch.arange(h, device=units.device).repeat_interleave(w).float()
     xs = torch.arange(w, device=units.device).repeat(h).float()
@@ -195,7 +195,7 @@ def torch_dense(units, members, logits, boxes, labels):
     masks = unpack_bits(members, members.shape[1] * 64)[:, units.reshape(-1)]  # [N, HW] bool
     weights = masks.float()
     nll = torch.logsumexp(logits.float(), 0).reshape(-1)[None] - logits[labels].float().reshape(len(labels), -1)
-    rect = torch.stack([box_pixel_mask(b.tolist(), h, w).reshape(-1) for b in boxes.cpu()]).to(units.device).float()
+    rect = box_pixel_masks(boxes, h, w).reshape(len(boxes), h * w).to(units.device).float()
     area = weights.sum(1)
     ys = torch.arange(h, device=units.device).repeat_interleave(w).float()
     xs = torch.arange(w, device=units.device).repeat(h).float()

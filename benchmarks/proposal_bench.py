@@ -28,7 +28,8 @@ import numpy as np
 
 from boxsup_ext.data import open_dataset
 from boxsup_ext.data.synthetic import generate as generate_synthetic
-from boxsup_ext.proposals import bits, get_method
+from boxsup_ext import core
+from boxsup_ext.proposals import get_method
 from boxsup_ext.proposals.store import read_entry, write_entry
 from boxsup_ext.utils import atomic_write_json, run_cli
 
@@ -65,9 +66,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             path = Path(tmp) / f"entry_{index}.npz"
             write_entry(path, units, members, scores, seconds)
             load_s, _ = time_call(lambda: read_entry(path), repeat=20)
-            rows.append((seconds, bits.unit_count(units), members.shape[0], path.stat().st_size, load_s, cpu_seconds))
+            rows.append((seconds, core.unit_count(units), members.shape[0], path.stat().st_size, load_s, cpu_seconds))
             print(f"selective_search {image.shape[0]}x{image.shape[1]}: {seconds:.3f} s wall, {cpu_seconds:.3f} s CPU  N={members.shape[0]}  "
-                  f"U={bits.unit_count(units)}  entry {path.stat().st_size / 1024:.0f} KiB, load {load_s * 1e3:.2f} ms")
+                  f"U={core.unit_count(units)}  entry {path.stat().st_size / 1024:.0f} KiB, load {load_s * 1e3:.2f} ms")
 
     figures = {
         "image_size": [args.height, args.width],

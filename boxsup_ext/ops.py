@@ -10,6 +10,8 @@ Conventions used by every op:
   superpixel of each pixel) and ``members`` (int64 [N, ceil(U / 64)]: bit ``u % 64`` of word
   ``u // 64`` of row n is set when unit u belongs to candidate n).
 
+Both conventions, and ``ProposalCosts``, have their one home in :mod:`boxsup_ext.core`.
+
 The ops are registered with the PyTorch dispatcher as ``torch.ops.boxsup.*`` (CPU kernels always,
 CUDA kernels when built with CUDA), with fake kernels for ``torch.compile`` / ``opcheck``.
 Plain float64 references of each op are in :mod:`boxsup_ext.reference`.
@@ -24,7 +26,8 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from boxsup_ext.reference import ProposalCosts, num_words
+from boxsup_ext import core
+from boxsup_ext.core import ProposalCosts, num_words
 
 _REBUILD = "pip install --no-build-isolation ."
 
@@ -166,20 +169,17 @@ def pixel_units(height: int, width: int, device: Optional[torch.device] = None) 
 def masks_to_units(masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Convert bool masks [N, H, W] to units form: (units int64 [H, W], members int64 [N, ceil(U/64)]).
 
-    Pixels sharing the same membership in every mask become one unit, so the result is exact and U
-    is minimal. Units are numbered by the sorted order of their membership signatures.
+    :func:`boxsup_ext.core.masks_to_units` on tensors (computed on the host, returned on the
+    device of ``masks``): pixels sharing the same membership in every mask become one unit, so the
+    result is exact and U is minimal; units are numbered in raster order of their first pixel.
     """
     if masks.dim() != 3 or masks.dtype != torch.bool:
         raise ValueError(f"masks must be bool [N, H, W], got {masks.dtype} {tuple(masks.shape)}")
-    n, h, w = masks.shape
-    if n == 0 or h * w == 0:
-        return torch.zeros(h, w, dtype=torch.int64, device=masks.device), torch.zeros(
-            n, 1, dtype=torch.int64, device=masks.device
-        )
-    signature = pack_masks(masks.reshape(n, h * w).t().contiguous())  # [H*W, ceil(N/64)]
-    unique_signatures, inverse = torch.unique(signature, dim=0, return_inverse=True)
-    unit_in_candidate = unpack_masks(unique_signatures, [n]).t().contiguous()  # [N, U]
-    return inverse.reshape(h, w).to(torch.int64), pack_masks(unit_in_candidate)
+    units, members = core.masks_to_units(masks.detach().cpu().numpy())
+    return (
+        torch.from_numpy(units).to(device=masks.device, dtype=torch.int64),
+        torch.from_numpy(members).to(masks.device),
+    )
 
 
 def paint_labels(

@@ -1,33 +1,20 @@
 """Plain PyTorch reference versions of the ops in :mod:`boxsup_ext.ops`.
 
 Written for clarity, in float64, over dense per-pixel masks: the tests compare the compiled kernels
-against these on random inputs, and the benchmark times them as baselines. Conventions (boxes,
-proposal representation) are those of :mod:`boxsup_ext.ops`.
+against these on random inputs, and the benchmark times them as baselines. This is the tests'
+oracle: tests and benchmarks import it, the package never does. The vocabulary (box pixel rule,
+paint order, candidate form, ``ProposalCosts``) is :mod:`boxsup_ext.core`'s, used here as is.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
-BITS_PER_WORD = 64
-
-
-class ProposalCosts(NamedTuple):
-    """Per-candidate statistics of one image (see :func:`boxsup_ext.ops.proposal_costs`)."""
-
-    area: torch.Tensor  # [N] int64
-    bbox: torch.Tensor  # [N, 4] float32, (x0, y0, x1, y1) half-open
-    iou_box: torch.Tensor  # [N, M] float32
-    iou_mask: torch.Tensor  # [N, M] float32
-    mean_ce: torch.Tensor  # [N, M] float32, +inf for an empty candidate
-
-
-def num_words(num_bits: int) -> int:
-    """Number of 64-bit words that hold ``num_bits`` bits."""
-    return (int(num_bits) + BITS_PER_WORD - 1) // BITS_PER_WORD
+from boxsup_ext.core import BITS_PER_WORD, ProposalCosts, box_masks, num_words, paint_order
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
@@ -72,29 +59,9 @@ def unpack_members(units: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
     return unit_in_candidate[:, units.long()]
 
 
-def masks_to_units(masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Convert bool masks [N, H, W] to (units int64 [H, W], members int64 [N, ceil(U / 64)]).
-
-    Pixels that share the same membership in every mask form one unit, so the conversion is exact
-    and U is as small as it can be. Units are numbered in the sorted order of their membership
-    signatures (deterministic).
-    """
-    n, h, w = masks.shape
-    signature = pack_bits(masks.reshape(n, h * w).t().contiguous())  # [H*W, ceil(N/64)]
-    unique_signatures, inverse = torch.unique(signature, dim=0, return_inverse=True)
-    units = inverse.reshape(h, w).to(torch.int64)
-    unit_in_candidate = unpack_bits(unique_signatures, n).t()  # [N, U]
-    return units, pack_bits(unit_in_candidate)
-
-
-def box_pixel_mask(box: Sequence[float], height: int, width: int) -> torch.Tensor:
-    """bool [H, W]: pixels whose centre (x + 0.5, y + 0.5) lies in [x0, x1) x [y0, y1)."""
-    x0, y0, x1, y1 = (float(v) for v in box)
-    xs = torch.arange(width, dtype=torch.float64) + 0.5
-    ys = torch.arange(height, dtype=torch.float64) + 0.5
-    inside_x = (xs >= x0) & (xs < x1)
-    inside_y = (ys >= y0) & (ys < y1)
-    return inside_y[:, None] & inside_x[None, :]
+def box_pixel_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """bool [M, H, W] rectangles of boxes [M, 4] by the box pixel rule (:func:`boxsup_ext.core.box_masks`)."""
+    return torch.from_numpy(box_masks(boxes.detach().cpu().double().numpy(), height, width))
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -142,8 +109,9 @@ def proposal_costs(
     mean_ce = torch.full((n, m), float("inf"), dtype=torch.float64)
     neg_log_prob = torch.logsumexp(logits64, dim=0)[None] - logits64  # [C, H, W]
     flat_masks = masks.reshape(n, h * w).to(torch.float64)
+    rects = box_pixel_masks(boxes64, h, w).reshape(m, h * w).to(torch.float64)
     for j in range(m):
-        rect = box_pixel_mask(boxes64[j].tolist(), h, w).reshape(-1).to(torch.float64)
+        rect = rects[j]
         inter = flat_masks @ rect
         union = area.to(torch.float64) + rect.sum() - inter
         iou_mask[:, j] = torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union))
@@ -171,21 +139,22 @@ def paint_labels(
     """
     masks = unpack_members(units.cpu(), members.cpu())
     h, w = units.shape
-    regions = []
+    rects = box_pixel_masks(boxes, h, w) if boxes is not None else None
+    regions = []  # (box index, pixels) of the boxes that paint a candidate
     for j in range(chosen.shape[0]):
         index = int(chosen[j])
         if index < 0:
             continue
         region = masks[index]
-        if boxes is not None and clip:
-            region = region & box_pixel_mask(boxes[j].tolist(), h, w)
-        regions.append((-int(region.sum()), j, region))
+        if rects is not None and clip:
+            region = region & rects[j]
+        regions.append((j, region))
     out = torch.zeros(h, w, dtype=torch.uint8)
-    for _, j, region in sorted(regions, key=lambda item: (item[0], item[1])):
+    for k in paint_order(np.array([int(region.sum()) for _, region in regions], dtype=np.int64)):
+        j, region = regions[k]
         out[region] = int(labels[j])
-    if unassigned is not None and boxes is not None:
+    if unassigned is not None and rects is not None:
         for j in range(chosen.shape[0]):
             if int(chosen[j]) < 0:
-                free = box_pixel_mask(boxes[j].tolist(), h, w) & (out == 0)
-                out[free] = int(unassigned)
+                out[rects[j] & (out == 0)] = int(unassigned)
     return out

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from boxsup_ext.data.palette import IGNORE_LABEL  # its one home: the torch-free data package
+from boxsup_ext.core import IGNORE_LABEL  # its one home: the torch-free ground floor
 from boxsup_ext.models import image_to_tensor, predict_logits
 
 
@@ -185,12 +185,3 @@ def relabel_batch(
         )
     return results
 
-
-def paint_instances(masks: np.ndarray, labels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Label map uint8 [H, W] from ground-truth instance masks bool [K, H, W] and classes [K]:
-    larger instances first, so smaller ones end on top (the same order as the op's paint)."""
-    label = np.zeros((height, width), dtype=np.uint8)
-    order = sorted(range(len(labels)), key=lambda k: (-int(masks[k].sum()), k))
-    for k in order:
-        label[masks[k]] = int(labels[k])
-    return label

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from boxsup_ext.data.synthetic import generate as generate_synthetic
-from boxsup_ext.proposals import bits
+from boxsup_ext import core
 from boxsup_ext.proposals.__main__ import main, parse_params
 from boxsup_ext.proposals.evaluate import box_iou, candidate_boxes, mask_best_overlaps
 from boxsup_ext.proposals.store import ProposalEntry
@@ -97,7 +97,7 @@ def test_overlaps_match_brute_force():
     h, w = 14, 19
     candidates = rng.random((6, h, w)) < 0.3
     candidates[5] = False  # an empty candidate
-    units, members = bits.masks_to_units(candidates)
+    units, members = core.masks_to_units(candidates)
     entry = ProposalEntry(units, members, np.ones(6, np.float32), h, w)
     truth = rng.random((3, h, w)) < 0.4
     expected = [max((c & t).sum() / max((c | t).sum(), 1) for c in candidates) for t in truth]

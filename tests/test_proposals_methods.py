@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from boxsup_ext.proposals import bits, get_method, register_method
+from boxsup_ext import core
+from boxsup_ext.proposals import get_method, register_method
 from boxsup_ext.proposals.evaluate import mask_best_overlaps
 from boxsup_ext.proposals.felzenszwalb import segment
 from boxsup_ext.proposals.registry import check_candidates
@@ -81,12 +82,12 @@ def test_selective_search_output_form_and_quality():
     units, members, scores = get_method("selective_search")(image, np.zeros((0, 4), np.float32))
     h, w = image.shape[:2]
     units, members, scores = check_candidates(units, members, scores, h, w, "test")
-    num_units = bits.unit_count(units)
-    assert members.shape[1] == bits.num_words(num_units)
+    num_units = core.unit_count(units)
+    assert members.shape[1] == core.num_words(num_units)
     assert 1 <= members.shape[0] <= 2000
     assert np.all(np.diff(scores) < 0) and scores[0] == 1.0 and scores[-1] > 0
     assert np.unique(members, axis=0).shape[0] == members.shape[0]  # duplicates removed
-    candidate_masks = bits.unpack_masks(units, members)
+    candidate_masks = core.unpack_masks(units, members)
     assert candidate_masks.reshape(len(members), -1).any(axis=1).all()  # no empty candidate
     assert candidate_masks.reshape(len(members), -1).all(axis=1).any()  # the hierarchy's root
     best = mask_best_overlaps(entry_of(units, members, scores), masks)
@@ -133,8 +134,8 @@ def test_rectangles_are_the_boxes():
     boxes = np.array([[2.0, 3.0, 20.0, 25.0], [10.5, 0.0, 39.5, 12.2], [5.0, 5.0, 5.0, 9.0]], np.float32)
     units, members, scores = get_method("rectangles")(image, boxes)
     assert members.shape[0] == 3 and np.all(scores == 1)
-    np.testing.assert_array_equal(bits.unpack_masks(units, members), bits.box_masks(boxes, 30, 40))
-    assert bits.unit_count(units) <= 6
+    np.testing.assert_array_equal(core.unpack_masks(units, members), core.box_masks(boxes, 30, 40))
+    assert core.unit_count(units) <= 6
 
 
 def test_grabcut_beats_the_rectangle_on_an_ellipse():
@@ -154,7 +155,7 @@ def test_grabcut_degenerate_boxes_fall_back_to_rectangles():
     image, _ = shapes_image(h=24, w=24)
     boxes = np.array([[3.0, 3.0, 4.0, 20.0], [0.0, 0.0, 24.0, 24.0]], np.float32)
     units, members, _ = get_method("grabcut")(image, boxes)
-    np.testing.assert_array_equal(bits.unpack_masks(units, members), bits.box_masks(boxes, 24, 24))
+    np.testing.assert_array_equal(core.unpack_masks(units, members), core.box_masks(boxes, 24, 24))
     with pytest.raises(InputError, match="iterations"):
         get_method("grabcut")(image, boxes, iterations=0)
 
@@ -181,7 +182,7 @@ def test_mcg_import_reads_the_released_format(tmp_path):
     units, members, got_scores = mcg.run(image, np.zeros((0, 4)), "img_7", mat_dir=str(tmp_path), max_candidates=3)
     np.testing.assert_array_equal(units, superpixels - 1)
     np.testing.assert_allclose(got_scores, [0.9, 0.5, 0.2])
-    masks = bits.unpack_masks(units, members)
+    masks = core.unpack_masks(units, members)
     for mask, ids in zip(masks, [labels[1], labels[2], labels[0]]):
         np.testing.assert_array_equal(mask, np.isin(superpixels, ids))
 
@@ -208,7 +209,7 @@ def test_registry_plugins_and_errors():
         h, w = image.shape[:2]
         units = np.zeros((h, w), np.int32)
         units[:, w // 2 :] = 1
-        return units, bits.pack_rows(np.array([[True, False], [False, True], [True, True]])), np.array([3, 2, 1], np.float32)
+        return units, core.pack_rows(np.array([[True, False], [False, True], [True, True]])), np.array([3, 2, 1], np.float32)
 
     register_method("test_halves", halves)
     register_method("test_halves", halves)  # the same function again is fine
@@ -236,7 +237,7 @@ def test_common_refinement_is_exact_without_sliver_folding():
     segs = [rng.integers(0, 4, size=(9, 11)).astype(np.int32), (np.arange(99).reshape(9, 11) % 3).astype(np.int32)]
     units, region_of_unit = common_refinement(segs, min_unit_size=0)
     pairs = np.stack([segs[0].ravel(), segs[1].ravel()], 1)
-    assert bits.unit_count(units) == np.unique(pairs, axis=0).shape[0]
+    assert core.unit_count(units) == np.unique(pairs, axis=0).shape[0]
     for seg, unit_region in zip(segs, region_of_unit):
         # Every unit lies in one region, and regions map back exactly (up to renumbering).
         remapped = unit_region[units]
@@ -254,9 +255,9 @@ def test_sliver_folding_bounds_unit_size_and_keeps_a_partition():
     b[:, 21:] = 1  # one column apart: a 30-pixel sliver
     b[10:12, 5:7] = 2  # a 4-pixel speck
     exact, _ = common_refinement([a, b], min_unit_size=0)
-    assert bits.unit_count(exact) == 4
+    assert core.unit_count(exact) == 4
     units, region_of_unit = common_refinement([a, b], min_unit_size=31)
-    assert bits.unit_count(units) == 2
+    assert core.unit_count(units) == 2
     assert np.bincount(units.ravel()).min() >= 31
     assert region_of_unit.shape == (2, 2) and region_of_unit.max() <= 1
 
@@ -265,7 +266,7 @@ def test_sliver_folding_bounds_unit_size_and_keeps_a_partition():
 def test_flat_and_tiny_images_give_the_whole_image(shape):
     units, members, scores = get_method("selective_search")(np.full(shape, 9, np.uint8), None)
     assert members.shape[0] == 1 and scores.tolist() == [1.0]
-    assert bits.unpack_masks(units, members)[0].all()
+    assert core.unpack_masks(units, members)[0].all()
 
 
 @pytest.mark.parametrize("name", ["rectangles", "grabcut"])

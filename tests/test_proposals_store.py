@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from boxsup_ext.data import ImageRecord
-from boxsup_ext.proposals import ProposalStore, bits, generate_proposals, open_store, register_method
+from boxsup_ext import core
+from boxsup_ext.proposals import ProposalStore, generate_proposals, open_store, register_method
 from boxsup_ext.proposals.store import entry_filename, read_entry, write_entry
 from boxsup_ext.utils import InputError
 
@@ -44,7 +45,7 @@ class TinyDataset:
 
     def load_instances(self, index):
         record = self.records[index]
-        return bits.box_masks(record.boxes, record.height, record.width), record.labels
+        return core.box_masks(record.boxes, record.height, record.width), record.labels
 
     def fingerprint(self):
         text = "".join(f"{r.image_id}\t{r.height}\t{r.width}\n" for r in self.records)
@@ -56,7 +57,7 @@ CALLS: list[str] = []
 
 def counting_rectangles(image, boxes, **options):
     CALLS.append(f"{image.shape[0]}x{image.shape[1]}")
-    units, members = bits.masks_to_units(bits.box_masks(boxes, *image.shape[:2]))
+    units, members = core.masks_to_units(core.box_masks(boxes, *image.shape[:2]))
     return units, members, np.ones(members.shape[0], np.float32)
 
 
@@ -71,7 +72,7 @@ def dataset():
 def test_entry_round_trip_keeps_every_array(tmp_path):
     rng = np.random.default_rng(0)
     units = rng.integers(0, 700, size=(37, 51)).astype(np.int32)
-    members = bits.pack_rows(rng.random((9, 700)) < 0.1)
+    members = core.pack_rows(rng.random((9, 700)) < 0.1)
     scores = rng.random(9).astype(np.float32)
     write_entry(tmp_path / "e.npz", units, members, scores, seconds=1.25)
     entry = read_entry(tmp_path / "e.npz")
@@ -81,7 +82,7 @@ def test_entry_round_trip_keeps_every_array(tmp_path):
     np.testing.assert_array_equal(entry.scores, scores)
     assert (entry.height, entry.width, entry.seconds) == (37, 51, 1.25)
     assert entry.num_candidates == 9 and entry.num_units == int(units.max()) + 1
-    np.testing.assert_array_equal(entry.masks([2]), bits.unpack_masks(units, members)[2:3])
+    np.testing.assert_array_equal(entry.masks([2]), core.unpack_masks(units, members)[2:3])
     assert [p.name for p in tmp_path.iterdir()] == ["e.npz"]  # no temporary left behind
 
 
@@ -102,7 +103,7 @@ def test_generate_writes_manifest_and_entries(dataset, tmp_path, workers):
     for index, record in enumerate(dataset):
         entry = store.get(record.image_id)
         assert (entry.height, entry.width) == (record.height, record.width)
-        np.testing.assert_array_equal(entry.masks(), bits.box_masks(record.boxes, record.height, record.width))
+        np.testing.assert_array_equal(entry.masks(), core.box_masks(record.boxes, record.height, record.width))
         assert entry.seconds >= 0
 
 

@@ -4,15 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from boxsup_ext import reference
+from boxsup_ext import core, reference
+from boxsup_ext.core import IGNORE_LABEL, paint_instances
 from boxsup_ext.models import build_model
 from boxsup_ext.relabel import (
-    IGNORE_LABEL,
     RelabelInput,
     RelabelSettings,
     assignment_cost,
     image_generator,
-    paint_instances,
     relabel_batch,
     sample_topk,
 )
@@ -25,7 +24,7 @@ def make_candidates(height=24, width=20):
     masks[0, :, : width // 2] = True
     masks[1, 2:8, 2:8] = True
     masks[2] = True
-    units, members = reference.masks_to_units(masks[:3])
+    units, members = (torch.from_numpy(array) for array in core.masks_to_units(masks[:3].numpy()))
     extra_unit = int(units.max()) + 1
     empty = torch.zeros(1, members.shape[1], dtype=torch.int64)
     if extra_unit >= 64 * members.shape[1]:

@@ -20,7 +20,8 @@ from PIL import Image
 
 from boxsup_ext.data import open_dataset, save_label_png
 from boxsup_ext.data.check import main as check_main
-from boxsup_ext.proposals import bits, generate_proposals, open_store
+from boxsup_ext import core
+from boxsup_ext.proposals import generate_proposals, open_store
 from boxsup_ext.proposals.__main__ import main as proposals_main
 from boxsup_ext.proposals.store import read_entry, write_entry
 from boxsup_ext.utils import InputError, run_cli
@@ -72,7 +73,7 @@ def test_box_method_store_is_stale_after_boxes_move_and_generate_rebuilds_only_t
     assert after["b.npz"] == stamps["b.npz"] and after["c.npz"] == stamps["c.npz"] and after["a.npz"] != stamps["a.npz"]
     entry = open_store(store_dir, dataset).get("a")
     record = dataset[dataset.index_of("a")]
-    np.testing.assert_array_equal(entry.masks(), bits.box_masks(record.boxes, record.height, record.width))
+    np.testing.assert_array_equal(entry.masks(), core.box_masks(record.boxes, record.height, record.width))
 
 
 def test_pixel_method_store_is_stale_after_the_image_file_changes(voc, tmp_path):
@@ -171,7 +172,7 @@ def raw_entry(path: Path, **overrides) -> Path:
     units = (np.arange(20, dtype=np.int32) * 3 + 7).reshape(4, 5)
     arrays = {
         "units": units,
-        "members": bits.pack_rows(np.eye(3, 70, dtype=bool)),
+        "members": core.pack_rows(np.eye(3, 70, dtype=bool)),
         "scores": np.ones(3, np.float32),
         "size": np.array([4, 5], np.int64),
         "seconds": np.array(0.0),

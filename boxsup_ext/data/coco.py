@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from boxsup_ext.core import IGNORE_LABEL, paint_instances
 from boxsup_ext.data.records import (
     ImageRecord,
     PathLike,
@@ -306,9 +307,7 @@ class COCODataset(SegmentationDataset):
             return None
         masks, labels = instances
         record = self.records[i]
-        class_map = np.zeros((record.height, record.width), np.uint8)
-        for k in np.argsort(-masks.reshape(len(masks), -1).sum(1), kind="stable"):
-            class_map[masks[k]] = labels[k]
+        class_map = paint_instances(masks, labels, record.height, record.width)
         for ann in self._crowds[i]:
-            class_map[_decode_segmentation(ann["segmentation"], record.height, record.width)] = 255
+            class_map[_decode_segmentation(ann["segmentation"], record.height, record.width)] = IGNORE_LABEL
         return class_map

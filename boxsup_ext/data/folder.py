@@ -23,7 +23,8 @@ from typing import Optional
 
 import numpy as np
 
-from boxsup_ext.data.palette import IGNORE_LABEL, load_label_png
+from boxsup_ext.core import IGNORE_LABEL
+from boxsup_ext.data.palette import load_label_png
 from boxsup_ext.data.records import (
     ImageRecord,
     PathLike,

@@ -1,8 +1,8 @@
 """The PASCAL VOC colour palette and palette-mode PNG label maps.
 
-Label maps are ``np.uint8 [H, W]`` class indices (0 = background, 255 = ignore). They are stored as
-palette ('P' mode) PNGs with the VOC palette, so any image viewer shows them in the usual colours
-while the pixel values stay the class indices.
+Label maps are ``np.uint8 [H, W]`` class indices (0 = background, 255 = ignore:
+``boxsup_ext.core.IGNORE_LABEL``). They are stored as palette ('P') PNGs with the VOC palette, so
+any image viewer shows them in the usual colours while the pixel values stay the class indices.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from PIL import Image
 from boxsup_ext.utils import InputError, atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]
-
-IGNORE_LABEL = 255  # label-map value of pixels that count for nothing (VOC's void)
 
 
 def voc_palette() -> list[int]:

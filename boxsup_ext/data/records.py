@@ -19,7 +19,8 @@ from typing import Iterator, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from boxsup_ext.data.palette import IGNORE_LABEL, load_label_png
+from boxsup_ext.core import IGNORE_LABEL
+from boxsup_ext.data.palette import load_label_png
 from boxsup_ext.utils import InputError
 
 PathLike = Union[str, os.PathLike]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from boxsup_ext.core import IGNORE_LABEL
 from boxsup_ext.evaluation.crf import CRFParams, dense_crf_many
 from boxsup_ext.evaluation.multiscale import multiscale_logits
 from boxsup_ext.evaluation.trimap import trimap_bands
@@ -126,7 +127,7 @@ class ConfusionAccumulator:
         ignore: ground-truth label that never counts.
     """
 
-    def __init__(self, num_classes: int, trimap_widths: Sequence[int] = (), ignore: int = 255) -> None:
+    def __init__(self, num_classes: int, trimap_widths: Sequence[int] = (), ignore: int = IGNORE_LABEL) -> None:
         self.num_classes = num_classes
         self.trimap_widths = tuple(trimap_widths)
         self.ignore = ignore

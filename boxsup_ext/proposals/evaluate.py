@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from boxsup_ext.proposals import bits
+from boxsup_ext import core
 from boxsup_ext.proposals.store import ProposalEntry, ProposalStore
 
 THRESHOLDS = (0.5, 0.7)
@@ -24,7 +24,7 @@ def mask_best_overlaps(entry: ProposalEntry, masks: np.ndarray) -> np.ndarray:
     if entry.num_candidates == 0:
         return np.zeros(masks.shape[0])
     num_units = max(entry.num_units, 1)
-    unit_bits = bits.unpack_rows(entry.members, num_units).astype(np.float64)  # [N, U]
+    unit_bits = core.unpack_rows(entry.members, num_units).astype(np.float64)  # [N, U]
     unit_area = np.bincount(entry.units.reshape(-1), minlength=num_units).astype(np.float64)
     k = masks.shape[0]
     index = (np.arange(k)[:, None] * num_units + entry.units.reshape(1, -1))[masks.reshape(k, -1)]
@@ -38,8 +38,8 @@ def mask_best_overlaps(entry: ProposalEntry, masks: np.ndarray) -> np.ndarray:
 def candidate_boxes(entry: ProposalEntry) -> np.ndarray:
     """Tight boxes float64 [N, 4] (x0, y0, x1, y1), half-open pixel units; empty candidates give zeros."""
     num_units = max(entry.num_units, 1)
-    unit_bits = bits.unpack_rows(entry.members, num_units)
-    _, unit_box = bits.unit_statistics(entry.units, num_units)
+    unit_bits = core.unpack_rows(entry.members, num_units)
+    _, unit_box = core.unit_statistics(entry.units, num_units)
     unit_box = unit_box.astype(np.int32)
     big = np.iinfo(np.int32).max
     boxes = np.stack(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from boxsup_ext.proposals import bits
+from boxsup_ext import core
 from boxsup_ext.proposals.registry import register_method
 from boxsup_ext.utils import InputError
 
@@ -17,7 +17,7 @@ def grabcut_mask(image: np.ndarray, box: np.ndarray, iterations: int = 5, seed: 
     that ends with no foreground, gives the box's rectangle itself (GrabCut has nothing to work on).
     """
     height, width = image.shape[:2]
-    col0, row0, col1, row1 = bits.box_pixel_range(box, height, width)
+    col0, row0, col1, row1 = (int(v) for v in core.box_pixel_ranges(box, height, width)[0])
     rectangle = np.zeros((height, width), dtype=bool)
     rectangle[row0:row1, col0:col1] = True
     if col1 - col0 < 2 or row1 - row0 < 2 or (col1 - col0) * (row1 - row0) >= height * width:
@@ -52,7 +52,7 @@ def grabcut(image: np.ndarray, boxes: np.ndarray, *, iterations: int = 5, seed: 
     masks = np.zeros((boxes.shape[0], height, width), dtype=bool)
     for index, box in enumerate(boxes):
         masks[index] = grabcut_mask(image, box, int(iterations), seed)
-    units, members = bits.masks_to_units(masks)
+    units, members = core.masks_to_units(masks)
     return units, members, np.ones(members.shape[0], dtype=np.float32)
 
 

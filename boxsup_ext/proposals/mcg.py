@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boxsup_ext.proposals import bits
+from boxsup_ext import core
 from boxsup_ext.proposals.registry import register_method
 from boxsup_ext.utils import InputError
 
@@ -61,7 +61,7 @@ def mcg(image: np.ndarray, boxes: np.ndarray, *, image_id: str, mat_dir: str, ma
         raise InputError(f"{path}: labels refer to superpixel ids outside 1..{num_units}")
     unit_bits[np.repeat(np.arange(order.size), lengths), flat_ids - 1] = True
     units = (superpixels - 1).astype(np.int32)
-    return units, bits.pack_rows(unit_bits), scores[order].astype(np.float32)
+    return units, core.pack_rows(unit_bits), scores[order].astype(np.float32)
 
 
 # The candidates come from the .mat files alone (not from the boxes or pixels).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from boxsup_ext.proposals import bits
+from boxsup_ext import core
 from boxsup_ext.proposals.registry import register_method
 
 
@@ -16,8 +16,8 @@ def rectangles(image: np.ndarray, boxes: np.ndarray, *, max_candidates: int = 20
     Returns units int32 [H, W], members int64 [M, W64] (row m = box m) and scores float32 [M] (all 1).
     """
     height, width = image.shape[:2]
-    masks = bits.box_masks(boxes, height, width)
-    units, members = bits.masks_to_units(masks)
+    masks = core.box_masks(boxes, height, width)
+    units, members = core.masks_to_units(masks)
     return units, members, np.ones(members.shape[0], dtype=np.float32)
 
 

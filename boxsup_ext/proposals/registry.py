@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from boxsup_ext.proposals import bits
+from boxsup_ext import core
 from boxsup_ext.utils import InputError
 
 MethodFn = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -204,21 +204,13 @@ def available_methods() -> list[str]:
 
 
 def check_candidates(units, members, scores, height: int, width: int, where: str):
-    """Validate and normalise a method's output to (int32 [H, W], int64 [N, W64], float32 [N])."""
-    units = np.ascontiguousarray(units)
-    members = np.ascontiguousarray(members)
+    """Validate and normalise a method's output to (int32 [H, W], int64 [N, W64], float32 [N]):
+    the candidate form as :class:`boxsup_ext.core.Candidates` checks it, and one score per candidate."""
+    try:
+        candidates = core.Candidates(units, members, shape=(height, width))
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
     scores = np.ascontiguousarray(scores, dtype=np.float32).reshape(-1)
-    if units.shape != (height, width) or not np.issubdtype(units.dtype, np.integer):
-        raise ValueError(f"{where}: units must be an integer map of shape {(height, width)}, got {units.dtype} {units.shape}")
-    if units.size and units.min() < 0:
-        raise ValueError(f"{where}: units must be >= 0, found {units.min()}")
-    if units.size and units.max() > np.iinfo(np.int32).max:
-        raise ValueError(f"{where}: unit ids must fit int32, found {units.max()}")
-    if members.ndim != 2 or members.dtype != np.int64:
-        raise ValueError(f"{where}: members must be int64 [N, W64], got {members.dtype} {members.shape}")
-    needed = bits.num_words(bits.unit_count(units))
-    if members.shape[1] < needed:
-        raise ValueError(f"{where}: members has {members.shape[1]} words per row, {needed} needed for the units")
-    if scores.shape[0] != members.shape[0]:
-        raise ValueError(f"{where}: {members.shape[0]} candidates but {scores.shape[0]} scores")
-    return units.astype(np.int32, copy=False), members, scores
+    if scores.shape[0] != candidates.num_candidates:
+        raise ValueError(f"{where}: {candidates.num_candidates} candidates but {scores.shape[0]} scores")
+    return candidates.units, candidates.members, scores

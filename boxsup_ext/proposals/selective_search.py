@@ -24,7 +24,7 @@ import heapq
 import cv2
 import numpy as np
 
-from boxsup_ext.proposals import bits
+from boxsup_ext import core
 from boxsup_ext.proposals.felzenszwalb import pixel_graph, segment_graph
 from boxsup_ext.proposals.registry import option_items, register_method
 from boxsup_ext.utils import InputError
@@ -158,7 +158,7 @@ def _absorb_small_units(labels: np.ndarray, min_size: int, rounds: int = 4) -> n
 
 def adjacent_units(units: np.ndarray) -> np.ndarray:
     """Unique unordered pairs int64 [E, 2] (i < j) of 4-connected neighbouring units."""
-    num = bits.unit_count(units)
+    num = core.unit_count(units)
     right = units[:, :-1].astype(np.int64) * num + units[:, 1:]
     down = units[:-1, :].astype(np.int64) * num + units[1:, :]
     keys = np.unique(np.concatenate([right.ravel(), down.ravel()]))
@@ -323,7 +323,7 @@ def selective_search(
     units, region_of_unit = common_refinement(segmentations, int(min_unit_size))
     num_units = region_of_unit.shape[1]
     flat_units = units.reshape(-1).astype(np.int64)
-    unit_area, unit_box = bits.unit_statistics(units, num_units)
+    unit_area, unit_box = core.unit_statistics(units, num_units)
     unit_pairs = adjacent_units(units)
     unit_hist = {}
     for space in colour_spaces:
@@ -339,7 +339,7 @@ def selective_search(
         num_regions = int(unit_region.max()) + 1
         one_hot = np.zeros((num_regions, num_units), dtype=bool)
         one_hot[unit_region, np.arange(num_units)] = True
-        region_rows = bits.pack_rows(one_hot)
+        region_rows = core.pack_rows(one_hot)
         size = np.bincount(unit_region, weights=unit_area, minlength=num_regions)
         box = np.empty((num_regions, 4), dtype=np.int64)
         box[:, 0], box[:, 1], box[:, 2:] = w, h, 0

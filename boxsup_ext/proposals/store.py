@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from boxsup_ext.proposals import bits
+from boxsup_ext import core
 from boxsup_ext.proposals.registry import ProposalMethod, check_candidates, get_method
 from boxsup_ext.utils import InputError, atomic_write, atomic_write_json, file_sha256
 
@@ -67,11 +67,11 @@ class ProposalEntry:
 
     @property
     def num_units(self) -> int:
-        return bits.unit_count(self.units)
+        return core.unit_count(self.units)
 
     def masks(self, rows: Sequence[int] | None = None) -> np.ndarray:
         """Per-pixel masks bool [N, H, W] (or of ``rows`` only). Memory grows as N * H * W."""
-        return bits.unpack_masks(self.units, self.members, None if rows is None else np.asarray(rows))
+        return core.unpack_masks(self.units, self.members, None if rows is None else np.asarray(rows))
 
 
 def entry_filename(image_id: str) -> str:
@@ -89,7 +89,7 @@ def write_entry(
     mostly runs, ~100x smaller) while members are stored as they are: candidate bits barely
     compress (~2.5x) and inflating them would cost ~7 ms per load of 2,000 candidates.
     """
-    small = bits.unit_count(units) <= np.iinfo(np.uint16).max + 1
+    small = core.unit_count(units) <= np.iinfo(np.uint16).max + 1
     arrays = {
         "units": (units.astype(np.uint16 if small else np.int32), zipfile.ZIP_DEFLATED),
         "members": (np.ascontiguousarray(members, dtype=np.int64), zipfile.ZIP_STORED),

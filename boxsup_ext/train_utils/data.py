@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from boxsup_ext.data.sources import TrainImage
 from boxsup_ext.models import IMAGENET_MEAN, image_to_tensor
-from boxsup_ext.relabel import IGNORE_LABEL
+from boxsup_ext.core import IGNORE_LABEL, paint_instances
 from boxsup_ext.utils import InputError
 
 
@@ -142,8 +142,6 @@ class LabelledImages(Dataset):
 def gt_label_map(dataset: Any, index: int) -> Optional[np.ndarray]:
     """Ground-truth class map uint8 [H, W] of an image: its class map, else its instance masks
     painted (larger first), else None."""
-    from boxsup_ext.relabel import paint_instances
-
     class_map = dataset.load_class_map(index)
     if class_map is not None:
         return class_map
