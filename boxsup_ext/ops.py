@@ -80,6 +80,7 @@ __all__ = [
     "pixel_units",
     "masks_to_units",
     "paint_labels",
+    "paint_labels_batched",
     "build_info",
 ]
 
@@ -214,6 +215,29 @@ def paint_labels(
     )
 
 
+def paint_labels_batched(
+    units: Sequence[torch.Tensor],
+    members: Sequence[torch.Tensor],
+    chosen: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    boxes: Sequence[torch.Tensor],
+    *,
+    clip: bool = True,
+    unassigned: Optional[int] = None,
+) -> List[torch.Tensor]:
+    """:func:`paint_labels` for many images in one call (one launch per stage on a GPU, and one
+    synchronisation for the whole batch). Each argument has one tensor per image; ``boxes`` are
+    required here. Returns one uint8 [H, W] label map per image."""
+    if len(units) == 0 and len(members) == len(chosen) == len(labels) == len(boxes) == 0:
+        return []
+    return list(
+        torch.ops.boxsup.paint_labels_batched(
+            list(units), list(members), list(chosen), list(labels), list(boxes), clip,
+            -1 if unassigned is None else int(unassigned),
+        )
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Fake (meta) kernels: shapes and dtypes only, with the same shape checks as the C++ code.
 
@@ -287,6 +311,15 @@ def _unpack_masks_fake(words, length):
     torch._check(words.dim() == 2 and words.dtype == torch.int64, lambda: "words must be int64 [N, W64]")
     torch._check(0 <= length <= words.shape[1] * 64, lambda: "length must be in [0, 64 * words.size(1)]")
     return words.new_empty((words.shape[0], length), dtype=torch.bool)
+
+
+@torch.library.register_fake("boxsup::paint_labels_batched")
+def _paint_labels_batched_fake(units, members, chosen, labels, boxes, clip=True, unassigned=-1):
+    torch._check(
+        len(units) == len(members) == len(chosen) == len(labels) == len(boxes),
+        lambda: "paint_labels_batched needs one tensor of each kind per image",
+    )
+    return [_paint_labels_fake(*args, clip, unassigned) for args in zip(units, members, chosen, labels, boxes)]
 
 
 @torch.library.register_fake("boxsup::paint_labels")

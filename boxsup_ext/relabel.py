@@ -19,6 +19,7 @@ of images, on the GPU where there is one).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from boxsup_ext.core import IGNORE_LABEL  # its one home: the torch-free ground floor
-from boxsup_ext.models import image_to_tensor, predict_logits
+from boxsup_ext.models import normalize_images, predict_logits
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,30 @@ def _gather(values: torch.Tensor, chosen: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
+def network_logits(model: nn.Module, batch: Sequence[RelabelInput], device: torch.device) -> list[torch.Tensor]:
+    """Logits float32 [C, H, W] of each image, resized to its units map, in the order of ``batch``.
+
+    On a GPU the images of one size go through the network together, under bfloat16 autocast, and
+    are uploaded as uint8 and normalised there. On the CPU every image runs alone in float32, so its
+    labels do not depend on which images share its batch (exactly reproducible runs and resumes).
+    """
+    on_gpu = device.type == "cuda"
+    groups: dict = {}
+    for index, item in enumerate(batch):
+        key = (item.image.shape, tuple(item.units.shape)) if on_gpu else index
+        groups.setdefault(key, []).append(index)
+    out: list = [None] * len(batch)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext()
+    for indices in groups.values():
+        pixels = torch.from_numpy(np.stack([np.asarray(batch[i].image, dtype=np.uint8) for i in indices]))
+        with autocast:
+            logits = predict_logits(model, normalize_images(pixels.to(device)), size=tuple(batch[indices[0]].units.shape))
+        for row, index in enumerate(indices):
+            out[index] = logits[row]
+    return out
+
+
+@torch.no_grad()
 def relabel_batch(
     model: nn.Module,
     batch: Sequence[RelabelInput],
@@ -137,20 +162,19 @@ def relabel_batch(
 ) -> list[RelabelResult]:
     """Relabel a batch of images with one fused-op call. ``model`` must be in eval mode.
 
-    The network runs on each full image (no augmentation); its logits are resized bilinearly to
-    the units map's size before the costs are computed. Boxes, labels and the chosen candidates
-    stay on the host (the op reads them there); units, members and logits go to ``device`` once.
+    The network runs on each full image (no augmentation, see :func:`network_logits`); its logits
+    are resized bilinearly to the units map's size before the costs are computed. One cost call and
+    one paint call serve the whole batch; the paint reads boxes, labels and the chosen candidates on
+    the host, so they need no round trip.
     """
     from boxsup_ext import ops  # the compiled op; a missing build is one clear ImportError
 
+    all_logits = network_logits(model, batch, device)
     op_inputs = []
-    for item in batch:
-        tensor = image_to_tensor(item.image).to(device)
-        units = torch.from_numpy(np.ascontiguousarray(item.units)).to(device)
-        logits = predict_logits(model, tensor, size=tuple(units.shape))
+    for item, logits in zip(batch, all_logits):
         op_inputs.append(
             (
-                units,
+                torch.from_numpy(np.ascontiguousarray(item.units)).to(device),
                 torch.from_numpy(np.ascontiguousarray(item.members)).to(device),
                 logits,
                 torch.from_numpy(np.ascontiguousarray(item.boxes, dtype=np.float32)).to(device),
@@ -158,20 +182,22 @@ def relabel_batch(
             )
         )
     all_costs = ops.proposal_costs_batched(*(list(column) for column in zip(*op_inputs)))
-    results = []
-    for item, inputs, costs in zip(batch, op_inputs, all_costs):
-        units, members = inputs[0], inputs[1]
+    chosen_all = []
+    for item, costs in zip(batch, all_costs):
         cost = assignment_cost(costs, settings.lam, settings.iou, settings.min_iou).cpu()
-        chosen = sample_topk(cost, settings.topk, image_generator(seed, epoch, item.image_id))
-        label = ops.paint_labels(
-            units,
-            members,
-            chosen,
-            torch.from_numpy(np.ascontiguousarray(item.labels, dtype=np.int64)),
-            torch.from_numpy(np.ascontiguousarray(item.boxes, dtype=np.float32)),
-            clip=settings.clip_to_box,
-            unassigned=IGNORE_LABEL,  # a box without any candidate is ignored, not background
-        )
+        chosen_all.append((cost, sample_topk(cost, settings.topk, image_generator(seed, epoch, item.image_id))))
+    # One paint call for the batch; boxes, labels and chosen are read on the host.
+    label_maps = ops.paint_labels_batched(
+        [inputs[0] for inputs in op_inputs],
+        [inputs[1] for inputs in op_inputs],
+        [chosen for _, chosen in chosen_all],
+        [torch.from_numpy(np.ascontiguousarray(item.labels, dtype=np.int64)) for item in batch],
+        [torch.from_numpy(np.ascontiguousarray(item.boxes, dtype=np.float32)) for item in batch],
+        clip=settings.clip_to_box,
+        unassigned=IGNORE_LABEL,  # a box without any candidate is ignored, not background
+    )
+    results = []
+    for item, costs, (cost, chosen), label in zip(batch, all_costs, chosen_all, label_maps):
         overlap = costs.iou_box if settings.iou == "box" else costs.iou_mask
         results.append(
             RelabelResult(

@@ -432,3 +432,35 @@ def test_the_build_records_the_torch_it_was_built_against():
     assert info["torch_built_against"] == torch.__version__
     # readable from the library file too, for the message when loading fails
     assert ops._built_against(os.path.dirname(ops.__file__)) == torch.__version__
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_paint_labels_batched_equals_per_image(clip):
+    images = []
+    for seed, (h, w, n, m) in enumerate([(12, 70, 6, 4), (1, 1, 2, 1), (0, 5, 1, 0), (33, 20, 9, 0), (25, 64, 8, 5)]):
+        units, members, _, boxes, _ = random_image(seed, max(h, 1), w, n, m, 3)
+        units = units[:h]
+        g = torch.Generator().manual_seed(seed)
+        chosen = torch.randint(-1, n, (m,), generator=g)
+        labels = torch.randint(1, 21, (m,), generator=g)
+        images.append((units, members, chosen, labels, boxes))
+    got = ops.paint_labels_batched(*[list(column) for column in zip(*images)], clip=clip, unassigned=255)
+    for args, label in zip(images, got):
+        assert torch.equal(label, ops.paint_labels(*args, clip=clip, unassigned=255))
+        assert torch.equal(label, ref.paint_labels(*args, clip=clip, unassigned=255))
+    assert ops.paint_labels_batched([], [], [], [], []) == []
+    torch.library.opcheck(torch.ops.boxsup.paint_labels_batched.default,
+                          tuple([list(column) for column in zip(*images)]) + (clip, 255))
+
+
+def test_paint_labels_batched_errors_name_the_image():
+    units, members, _, boxes, _ = good_args()
+    good = (units, members, torch.tensor([0, -1]), torch.tensor([1, 2]), boxes)
+    bad = (units, members, torch.tensor([0, 9]), torch.tensor([1, 2]), boxes)
+    with pytest.raises(RuntimeError, match=r"chosen \(image 1\)\[1\] = 9 is outside \[-1, N\)"):
+        ops.paint_labels_batched(*[list(column) for column in zip(good, bad)])
+    wide = (units.clone().fill_(members.shape[1] * 64),) + good[1:]
+    with pytest.raises(RuntimeError, match=r"units \(image 1\) has ids outside"):
+        ops.paint_labels_batched(*[list(column) for column in zip(good, wide)])
+    with pytest.raises(RuntimeError, match="one units, members, chosen, labels and boxes tensor per image"):
+        ops.paint_labels_batched([units], [members], [], [], [])
