@@ -113,6 +113,8 @@ class RelabelConfig:
     """Paint each chosen segment only inside its box."""
     min_iou: float = 0.0
     """Leave out candidates whose IoU with the box is below this (0 = none, the paper); guards against drifting to tiny segments when proposals include every superpixel."""
+    lam_warmup_epochs: int = 0
+    """Ramp ``lam`` linearly from 0 over the first N epochs: epoch e (1-based) uses ``lam * min(1, (e - 1) / N)``, so epoch 1 relabels by IoU alone and epoch N + 1 on uses the full ``lam`` (0 = off, the paper)."""
     batch_images: int = 8
     """Images per fused-op call."""
     snapshot_epochs: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 45])
@@ -373,6 +375,7 @@ def validate(config: Config) -> None:
         (config.relabel.topk >= 1, f"relabel.topk must be at least 1, got {config.relabel.topk}"),
         (config.relabel.lam >= 0, f"relabel.lam must be non-negative, got {config.relabel.lam}"),
         (0 <= config.relabel.min_iou <= 1, f"relabel.min_iou must be in [0, 1], got {config.relabel.min_iou}"),
+        (config.relabel.lam_warmup_epochs >= 0, f"relabel.lam_warmup_epochs must be non-negative, got {config.relabel.lam_warmup_epochs}"),
         (config.relabel.batch_images >= 1, "relabel.batch_images must be at least 1"),
         (config.train.epochs >= 1, f"train.epochs must be at least 1, got {config.train.epochs}"),
         (config.train.batch_size >= 1, f"train.batch_size must be at least 1, got {config.train.batch_size}"),

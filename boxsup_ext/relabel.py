@@ -46,15 +46,32 @@ class RelabelSettings:
     min_iou: float = 0.0
 
     @classmethod
-    def from_config(cls, relabel: Any, mode: str) -> "RelabelSettings":
+    def from_config(cls, relabel: Any, mode: str, epoch: int = 1) -> "RelabelSettings":
         """The settings of a trainer config's ``relabel:`` section (a validated ``RelabelConfig``)
-        under ``train.mode``: ``boxsup`` samples among ``topk``, ``boxsup_greedy`` takes the cheapest,
-        and the fixed baselines (``rectangles``, ``grabcut``) take each box's best-matching candidate
-        with the network unused (lam 0, box IoU)."""
+        under ``train.mode`` for the relabel of ``epoch`` (1-based): ``boxsup`` samples among
+        ``topk``, ``boxsup_greedy`` takes the cheapest, and the fixed baselines (``rectangles``,
+        ``grabcut``) take each box's best-matching candidate with the network unused (lam 0, box
+        IoU). ``lam`` is ramped by ``relabel.lam_warmup_epochs`` (see :func:`warmed_lam`)."""
         if mode not in ("boxsup", "boxsup_greedy"):
             return cls(lam=0.0, topk=1, iou="box", clip_to_box=relabel.clip_to_box)
         topk = 1 if mode == "boxsup_greedy" else relabel.topk
-        return cls(lam=relabel.lam, topk=topk, iou=relabel.iou, clip_to_box=relabel.clip_to_box, min_iou=relabel.min_iou)
+        lam = warmed_lam(relabel.lam, getattr(relabel, "lam_warmup_epochs", 0), epoch)
+        return cls(lam=lam, topk=topk, iou=relabel.iou, clip_to_box=relabel.clip_to_box, min_iou=relabel.min_iou)
+
+
+def warmed_lam(lam: float, warmup_epochs: int, epoch: int) -> float:
+    """The cross-entropy weight of epoch ``epoch`` (1-based) under a linear warm-up over
+    ``warmup_epochs`` epochs: ``lam * min(1, (epoch - 1) / warmup_epochs)``; ``lam`` itself when
+    ``warmup_epochs`` is 0. Epoch 1 (the network is untrained) relabels by IoU alone; epoch
+    ``warmup_epochs + 1`` and later use the full ``lam``. A function of the epoch alone, so a resumed
+    run relabels with the same weight."""
+    if epoch < 1:
+        raise ValueError(f"epoch is 1-based, got {epoch}")
+    if warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be non-negative, got {warmup_epochs}")
+    if warmup_epochs == 0:
+        return float(lam)
+    return float(lam) * min(1.0, (epoch - 1) / warmup_epochs)
 
 
 class RelabelInput(NamedTuple):

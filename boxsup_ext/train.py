@@ -322,7 +322,7 @@ def prepare_labels(
     start = time.perf_counter()
     mask_images, box_images = labels_due(config.train.mode, training.images, first_time=not label_state.get("fixed_done", False))
     write_mask_labels(ctx.shard(mask_images), training.datasets, labels_dir, config, epoch, ctx.is_main)
-    settings = RelabelSettings.from_config(config.relabel, config.train.mode)
+    settings = RelabelSettings.from_config(config.relabel, config.train.mode, epoch)
     choices, tally, score = relabel_images(
         ctx.shard(box_images), epoch, settings, config, ctx, model, training.datasets, stores, labels_dir, stopper
     )
