@@ -58,7 +58,7 @@ cuda-check:
 		       ('proposal_costs', 'proposal_costs_batched', 'pack_masks', 'unpack_masks', 'paint_labels')]; \
 		print('CUDA kernels registered:', has); sys.exit(0 if info['cuda_compiled'] and all(has) else 1)"
 
-# The device check, on a machine with a GPU (ARCHITECTURE.md section 5; about 5 minutes on one H200
+# The device check, on a machine with a GPU (the performance contract in docs/ops.md; a few minutes on one H200
 # with the build): builds the CUDA kernels in place with that machine's python3 and torch, then runs
 # benchmarks/gpu_check.py, which exits non-zero on any failure and writes its JSON report.
 GPU_PYTHON ?= python3
