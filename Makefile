@@ -55,7 +55,7 @@ cuda-check:
 	cd build && ../$(CUDA_VENV)/bin/python -c "import sys, torch; from boxsup_ext import ops; \
 		info = ops.build_info(); print('boxsup_ext build:', info); \
 		has = [torch._C._dispatch_has_kernel_for_dispatch_key('boxsup::' + op, 'CUDA') for op in \
-		       ('proposal_costs', 'proposal_costs_batched', 'pack_masks', 'unpack_masks', 'paint_labels')]; \
+		       ('proposal_costs', 'proposal_costs_batched', 'pack_masks', 'unpack_masks', 'paint_labels', 'paint_labels_batched')]; \
 		print('CUDA kernels registered:', has); sys.exit(0 if info['cuda_compiled'] and all(has) else 1)"
 
 # The device check, on a machine with a GPU (the performance contract in docs/ops.md; a few minutes on one H200
