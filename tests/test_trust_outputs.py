@@ -100,11 +100,16 @@ def test_written_files_honour_the_umask(tmp_path, umask, family, mask, expected)
     target = tmp_path / f"out.{family}"
     WRITERS[family](target)
     assert _mode(target) == expected
-    # Replacing an existing file: the new one gets the umask's mode too, and no temp file is left.
-    target.chmod(0o600 if expected != 0o600 else 0o644)
-    WRITERS[family](target)
-    assert _mode(target) == expected
+    # Replacing an existing file keeps that file's permission bits (a group-writable file stays
+    # group-writable whatever the umask), and no temp file is left.
+    for kept in (0o600 if expected != 0o600 else 0o644, 0o664, 0o640):
+        target.chmod(kept)
+        WRITERS[family](target)
+        assert _mode(target) == kept
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    # A new file beside it still follows the umask.
+    WRITERS[family](tmp_path / f"new.{family}")
+    assert _mode(tmp_path / f"new.{family}") == expected
 
 
 def test_predict_outputs_honour_the_umask(tmp_path, checkpoint, umask):

@@ -2,7 +2,9 @@
 
 A crash or kill at any point leaves either the old file or the new one, never half a file. New
 files get the permissions the user's umask gives (``0o666 & ~umask``, like ``open(path, "w")``),
-not the owner-only ``0o600`` of :func:`tempfile.mkstemp`, so a shared folder can read them.
+not the owner-only ``0o600`` of :func:`tempfile.mkstemp`, so a shared folder can read them. A
+file that is replaced keeps its permission bits (like writing into it in place would), so a
+group-writable file stays group-writable whatever the writer's umask.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import io
 import json
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any, Iterator, Union
 
@@ -34,6 +37,18 @@ def _create_temp_beside(path: Path) -> tuple[int, str]:
     raise FileExistsError(f"no free temporary name beside {path}")
 
 
+def _keep_permissions(path: Path, fd: int) -> None:
+    """Give the temporary file ``fd`` the permission bits of the file it will replace, if any
+    (read when the write ends, so a chmod made meanwhile is kept). A new file keeps its umask mode."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode) & 0o777
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    # Best effort: a filesystem without permission bits (some FUSE/SMB mounts) refuses chmod.
+    with contextlib.suppress(OSError, AttributeError):
+        os.fchmod(fd, mode)
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
     """Open a temporary file beside ``path``; on a clean exit it replaces ``path`` atomically."""
@@ -45,6 +60,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
+            _keep_permissions(path, handle.fileno())
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
