@@ -92,7 +92,7 @@ class LabelPredictor:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise InputError(f"image {index} must be uint8 [H, W, 3] RGB, got {image.dtype} {list(image.shape)}")
             by_size[image.shape[:2]].append(index)
-        out: list[Optional[torch.Tensor]] = [None] * len(images)
+        out: list[torch.Tensor] = [None] * len(images)  # type: ignore[list-item]  # every index is filled below
         step = max(1, self.settings.batch_size)
         for indices in by_size.values():
             for start in range(0, len(indices), step):
@@ -101,7 +101,7 @@ class LabelPredictor:
                 logits = multiscale_logits(self.model, normalize_images(batch, self.mean, self.std), self.settings.scales, self.settings.flip)
                 for i, scores in zip(chunk, logits):
                     out[i] = scores
-        return [scores for scores in out if scores is not None]
+        return out
 
     def probabilities(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Softmax of the averaged score maps, before any CRF: float32 [C, H_i, W_i] per uint8
