@@ -420,3 +420,83 @@ def test_test_scales_that_cannot_run(tmp_path, workspace, capsys, scales, needle
     main, argv = workspace["predict"]
     _refused(main, argv(tmp_path / "out") + ["--scales", scales], capsys, "--scales", needle)
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- checkpoint read errors name the real cause (8)
+
+
+def test_checkpoint_loader_errors_name_the_cause(tmp_path, checkpoint):
+    from boxsup_ext.models import load_checkpoint_file
+
+    folder = tmp_path / "ckdir"
+    folder.mkdir()
+    with pytest.raises(InputError, match=r"cannot read checkpoint .*ckdir \(Is a directory\)"):
+        load_checkpoint_file(folder)
+    truncated = tmp_path / "cut.pt"
+    truncated.write_bytes(Path(checkpoint).read_bytes()[:1000])
+    with pytest.raises(InputError, match=r"cut.pt is not readable .*is the file complete"):
+        load_checkpoint_file(truncated)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(InputError, match=r"empty.pt is empty or cut short"):
+        load_checkpoint_file(empty)
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked.pt"
+        locked.write_bytes(Path(checkpoint).read_bytes())
+        locked.chmod(0o000)
+        with pytest.raises(InputError, match=r"cannot read checkpoint .*locked.pt \(Permission denied\)"):
+            load_checkpoint_file(locked)
+
+
+def test_checkpoint_loader_lets_unrelated_errors_through(tmp_path, checkpoint, monkeypatch):
+    """Only torch's archive errors mean "incomplete file"; anything else (out of memory, a bug) is
+    not dressed up as one."""
+    from boxsup_ext import models
+
+    for error in (MemoryError(), RuntimeError("CUDA error: out of memory")):
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(models.torch, "load", fail)
+        with pytest.raises(type(error)):
+            models.load_checkpoint_file(checkpoint)
+
+
+def test_checkpoint_loader_reads_bytes(checkpoint):
+    from boxsup_ext.models import load_checkpoint_file, read_model_checkpoint
+
+    data = Path(checkpoint).read_bytes()
+    assert set(load_checkpoint_file(data)) == set(load_checkpoint_file(checkpoint))
+    assert "model_meta" in read_model_checkpoint(data)
+    with pytest.raises(InputError, match=r"checkpoint x.pt is not readable"):
+        load_checkpoint_file(data[:1000], name="x.pt")
+
+
+def test_save_checkpoint_errors_name_the_cause(tmp_path, monkeypatch):
+    import errno
+
+    from boxsup_ext.train_utils import state
+
+    target = tmp_path / "latest.pt"
+    cases = {
+        "full": (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), r"latest.pt \(No space left on device\); is the disk full\?"),
+        "denied": (PermissionError(errno.EACCES, os.strerror(errno.EACCES)), r"latest.pt \(Permission denied\)"),
+        "short": (RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0"), r"latest.pt \(it could not be written in full\); is the disk full\?"),
+    }
+    for error, message in cases.values():
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(state, "atomic_save_torch", fail)
+        with pytest.raises(InputError, match=message) as caught:
+            state.save_checkpoint(target, {"w": torch.zeros(1)})
+        if isinstance(error, PermissionError):
+            assert "disk full" not in str(caught.value)
+    # Errors that are not about writing the file are not dressed up as a full disk.
+    for error in (RuntimeError("CUDA error: an illegal memory access"), MemoryError()):
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(state, "atomic_save_torch", fail)
+        with pytest.raises(type(error)):
+            state.save_checkpoint(target, {"w": torch.zeros(1)})

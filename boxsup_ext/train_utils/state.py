@@ -67,10 +67,18 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     try:
         atomic_save_torch(checkpoint, path)
     except (OSError, RuntimeError) as err:
-        # torch's zip writer reports a short write as "[enforce fail at inline_container.cc] unexpected pos".
-        reason = (err.strerror if isinstance(err, OSError) else None) or "it could not be written in full"
+        import errno
+
+        from boxsup_ext.models import is_torch_archive_error
+
+        # torch's zip writer reports a short write as "[enforce fail at inline_container.cc] unexpected pos";
+        # any other RuntimeError (CUDA, a bug) is not about the file and propagates unchanged.
+        if isinstance(err, RuntimeError) and not is_torch_archive_error(err):
+            raise
+        reason = (err.strerror or str(err)) if isinstance(err, OSError) else "it could not be written in full"
+        full = not isinstance(err, OSError) or err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
         kept = "the previous checkpoint there is kept" if Path(path).exists() else "nothing was written"
-        raise InputError(f"cannot write checkpoint {path} ({reason}); is the disk full? {kept}") from None
+        raise InputError(f"cannot write checkpoint {path} ({reason}){'; is the disk full?' if full else ';'} {kept}") from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
