@@ -81,9 +81,9 @@ class Scale:
 
 SCALES = {
     "full": Scale("full", 160, 60, 64, 20, 15, 5, (6, 12, 23, 46, 92, 160), (0, 23, 46, 92, 137), (1, 2, 5, 10, 20),
-                  recipe_seeds=3, recipe_big={"size": 160, "num_train": 64, "num_val": 24, "epochs": 12, "lr_step": 9, "seeds": 2}),
+                  recipe_seeds=5, recipe_big={"size": 160, "num_train": 160, "num_val": 60, "epochs": 30, "lr_step": 22, "seeds": 3}),
     "quick": Scale("quick", 160, 60, 64, 20, 15, 3, (23, 46, 160), (0, 46, 137), (1, 2, 5, 10, 20),
-                   recipe_seeds=2, recipe_big={"size": 160, "num_train": 48, "num_val": 24, "epochs": 8, "lr_step": 6, "seeds": 2}),
+                   recipe_seeds=3, recipe_big={"size": 160, "num_train": 96, "num_val": 24, "epochs": 30, "lr_step": 22, "seeds": 3}),
     # the test suite's: seconds, not meaningful numbers
     "smoke": Scale("smoke", 8, 4, 32, 1, 1, 1, (8,), (0, 3), (1,), trimap="1,2", extra=("model.width=4",), trimap_rows=("mask", "boxsup"),
                    recipe_seeds=1, recipe_big={"size": 48, "num_train": 6, "num_val": 4, "epochs": 1, "lr_step": 1, "seeds": 1}),
@@ -583,7 +583,8 @@ def recipe_variants() -> list:
     ]
 
 
-BIG_VARIANTS = ("shipped (lam 0.3, min_iou 0.5, clip)", "lam 0", "lam 3 + warm-up 4", "paper (lam 3, min_iou 0, no clip)")
+BIG_VARIANTS = ("shipped (lam 0.3, min_iou 0.5, clip)", "lam 0", "lam 3", "lam 3 + warm-up 4", "paper (lam 3, min_iou 0, no clip)",
+                "paper + warm-up 4")
 
 
 def recipe_specs(scale: Scale, n_train: int, seeds: int, big: Optional[dict]) -> list:
