@@ -22,6 +22,7 @@ Files in DIR that this command did not write are never replaced unless ``--overw
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ from boxsup_ext.evaluation.evaluator import (
 )
 from boxsup_ext.run_dir import CHECKPOINT_KINDS, open_run, run_checkpoint, run_data_source
 from boxsup_ext.evaluation.trimap import parse_widths
-from boxsup_ext.utils import InputError, OutputManifest, atomic_write_json, ensure_output_dir, file_sha256, run_cli
+from boxsup_ext.models import read_checkpoint_bytes
+from boxsup_ext.utils import InputError, OutputManifest, atomic_write_json, ensure_output_dir, run_cli
 
 CHECKPOINT_NOTES = {
     "final": "final checkpoint of the run",
@@ -119,7 +121,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result_files = ["metrics.json", "table.txt"] + (["trimap.png"] if widths else [])
     outputs.check(result_files)
     dataset = open_dataset_arg(root, split, kind)
-    predictor, meta = load_predictor(checkpoint, settings, args.device)
+    # Read the checkpoint once, then hash and load those very bytes: a trainer replacing latest.pt
+    # meanwhile cannot make the predictions of one epoch be recorded under the next one's hash.
+    checkpoint_bytes = read_checkpoint_bytes(checkpoint)
+    checkpoint_sha256 = hashlib.sha256(checkpoint_bytes).hexdigest()
+    predictor, meta = load_predictor(checkpoint_bytes, settings, args.device, name=str(checkpoint))
+    del checkpoint_bytes
     if int(meta["num_classes"]) != dataset.num_classes:
         raise InputError(
             f"checkpoint {checkpoint} predicts {meta['num_classes']} classes but dataset {root} ({split}) has "
@@ -129,7 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "checkpoint": str(Path(checkpoint).resolve()),
         # latest.pt is rewritten every epoch under the same name: stored predictions are only
         # reusable for the very same weights.
-        "checkpoint_sha256": file_sha256(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256,
         "dataset": str(Path(root).resolve()),
         "split": split,
         **settings.describe(),

@@ -500,3 +500,30 @@ def test_save_checkpoint_errors_name_the_cause(tmp_path, monkeypatch):
         monkeypatch.setattr(state, "atomic_save_torch", fail)
         with pytest.raises(type(error)):
             state.save_checkpoint(target, {"w": torch.zeros(1)})
+
+
+# --------------------------------------------------------------------------- the hash is of the weights evaluated (5)
+
+
+def test_evaluate_hashes_the_bytes_it_loaded(tmp_path, synthetic, monkeypatch):
+    """Training replaces latest.pt while evaluate runs: the stored hash must be that of the weights
+    the predictions came from, not of whatever the file holds a moment later."""
+    import hashlib
+
+    root, num_classes = synthetic
+    ckpt = _checkpoint(tmp_path / "latest.pt", num_classes)
+    loaded = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    real = evaluate.load_predictor
+
+    def load_then_replace(*args, **kwargs):
+        result = real(*args, **kwargs)
+        model = build_model("tiny_fcn", num_classes, width=4)  # the trainer's next epoch lands
+        atomic_save_torch({"model": model.state_dict(), "model_meta": model_meta(model), "config": {}, "epoch": 2}, ckpt)
+        return result
+
+    monkeypatch.setattr(evaluate, "load_predictor", load_then_replace)
+    out = tmp_path / "eval"
+    assert evaluate.main([str(a) for a in _eval_argv(root, ckpt, out)]) == 0
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() != loaded
+    assert json.loads((out / "metrics.json").read_text())["settings"]["checkpoint_sha256"] == loaded
+    assert json.loads((out / "predictions" / "settings.json").read_text())["checkpoint_sha256"] == loaded

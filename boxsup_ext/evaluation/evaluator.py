@@ -368,13 +368,16 @@ def resolve_device(device: Optional[str], what: str = "--device") -> torch.devic
     return target
 
 
-def load_predictor(checkpoint: Path, settings: InferenceSettings, device: Optional[str] = None) -> tuple[LabelPredictor, dict[str, Any]]:
+def load_predictor(
+    checkpoint: Path | bytes, settings: InferenceSettings, device: Optional[str] = None, name: Optional[str] = None
+) -> tuple[LabelPredictor, dict[str, Any]]:
     """A :class:`LabelPredictor` for a trainer checkpoint, and the checkpoint's ``model_meta``.
-    ``device`` is a ``--device`` value (see :func:`resolve_device`)."""
+    ``device`` is a ``--device`` value (see :func:`resolve_device`). ``checkpoint`` may be the
+    file's bytes (``name``: the file, for messages), read once to be hashed and loaded."""
     from boxsup_ext.models import IMAGENET_MEAN, IMAGENET_STD, load_model_from_checkpoint
 
     target = resolve_device(device)
-    model, meta = load_model_from_checkpoint(checkpoint, map_location=target)
+    model, meta = load_model_from_checkpoint(checkpoint, map_location=target, name=name)
     mean = meta.get("mean", IMAGENET_MEAN)
     std = meta.get("std", IMAGENET_STD)
     return LabelPredictor(model, mean, std, settings, target), meta

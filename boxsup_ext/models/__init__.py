@@ -45,6 +45,7 @@ __all__ = [
     "model_meta",
     "normalize_images",
     "predict_logits",
+    "read_checkpoint_bytes",
     "read_model_checkpoint",
     "tiny_fcn",
     "unwrap_model",
@@ -136,22 +137,39 @@ def model_meta(model: nn.Module, **extra: Any) -> dict[str, Any]:
 
 
 def load_model_from_checkpoint(
-    path: Union[str, Path], map_location: Union[str, torch.device] = "cpu"
+    path: Union[str, Path, bytes], map_location: Union[str, torch.device] = "cpu", name: Optional[str] = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved in a trainer checkpoint (``checkpoints/best.pt`` or ``latest.pt``).
+
+    ``path`` may be the checkpoint file's bytes (see :func:`read_checkpoint_bytes`; ``name`` then
+    names the file in messages), so that a caller can hash exactly the weights it loads.
 
     Returns ``(model, meta)``: the model in eval mode on ``map_location`` with its weights loaded,
     and the checkpoint's ``model_meta`` dict (see :func:`model_meta`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist; give a run's checkpoints/best.pt or latest.pt")
-    checkpoint = read_model_checkpoint(path)  # on the CPU: the device is the model's business, below
+    if not isinstance(path, (bytes, bytearray, memoryview)):
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"checkpoint {path} does not exist; give a run's checkpoints/best.pt or latest.pt")
+    checkpoint = read_model_checkpoint(path, name=name)  # on the CPU: the device is the model's business, below
     meta = checkpoint["model_meta"]
     model = build_model(meta["name"], meta["num_classes"], **meta.get("kwargs", {}))
     model.load_state_dict(checkpoint_state_dict(checkpoint))
     model.to(map_location).eval()
     return model, meta
+
+
+def read_checkpoint_bytes(path: Union[str, Path]) -> bytes:
+    """The bytes of checkpoint file ``path``, read once: hash them and load them (``path=`` of
+    :func:`load_model_from_checkpoint` / :func:`load_checkpoint_file`) so the hash describes the
+    weights loaded even while a trainer replaces the file. Errors are one line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist; give a run's checkpoints/best.pt or latest.pt")
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise InputError(f"cannot read checkpoint {path} ({err.strerror or err}); check the path and its permissions") from None
 
 
 def read_model_checkpoint(path: Union[str, Path, bytes], what: str = "checkpoint", name: Optional[str] = None) -> dict[str, Any]:
