@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -152,16 +153,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     heading = f"checkpoint: {checkpoint} ({CHECKPOINT_NOTES.get(checkpoint_kind, checkpoint_kind)})"
     table = heading + "\n\n" + format_results_table(results)
-    outputs.claim(result_files)
-    try:
-        atomic_write_json(out / "metrics.json", results)
-        outputs.record("metrics.json")
-        outputs.write_bytes("table.txt", (table + "\n").encode())
-        if widths:
-            from boxsup_ext.figures import trimap_plot
+    files = {
+        "metrics.json": (json.dumps(results, indent=2) + "\n").encode(),
+        "table.txt": (table + "\n").encode(),
+    }
+    if widths:
+        import tempfile
 
-            trimap_plot([results], [run.name if run is not None else Path(checkpoint).stem], out / "trimap.png")
-            outputs.record("trimap.png")
+        from boxsup_ext.figures import trimap_plot
+
+        with tempfile.TemporaryDirectory(prefix="boxsup-trimap-") as scratch:
+            plot = Path(scratch) / "trimap.png"
+            trimap_plot([results], [run.name if run is not None else Path(checkpoint).stem], plot)
+            files["trimap.png"] = plot.read_bytes()
+    try:
+        outputs.write_files(files)  # their hashes reach the manifest before the files do
     finally:
         outputs.save()
     if run is not None:

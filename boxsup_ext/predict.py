@@ -135,7 +135,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from tqdm import tqdm
 
     ensure_output_dir(args.out, "--out")
-    outputs.claim(targets)
     skipped: list[str] = []
     written = 0
     chunk = max(1, settings.batch_size) * max(1, settings.crf_workers)
@@ -150,12 +149,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         print(f"skipped {err}", file=sys.stderr)
                         skipped.append(str(path))
                 labels = predictor.labels([image for image, _ in batch]) if batch else []
+                files: dict[str, bytes] = {}
                 for (image, name), label in zip(batch, labels):
                     label_file, *overlay_file = output_files(name, not args.no_overlay)
-                    outputs.write_bytes(label_file, encode_label_png(label))
+                    files[label_file] = encode_label_png(label)
                     if overlay_file:
-                        outputs.write_bytes(overlay_file[0], _png_bytes(overlay_image(image, label, args.alpha)))
-                    written += 1
+                        files[overlay_file[0]] = _png_bytes(overlay_image(image, label, args.alpha))
+                if files:
+                    # Hashes on disk first, then the files: a kill leaves nothing of ours unrecorded,
+                    # and a skipped input's name is never recorded, so it never becomes "ours".
+                    outputs.write_files(files)
+                written += len(labels)
                 bar.update(len(items[start : start + chunk]))
     finally:
         outputs.save()

@@ -5,6 +5,7 @@ stderr naming the path or argument and what to do) and checks that nothing was w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -33,6 +34,8 @@ from boxsup_ext.utils import (
     run_cli,
 )
 from test_eval_cli import _checkpoint
+
+MANIFEST = ".boxsup-outputs.json"
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +214,64 @@ def test_manifest_with_garbage_vouches_for_nothing(tmp_path):
     with pytest.raises(InputError, match=r"x.png exists and is not a file tool wrote there \(see .boxsup-outputs.json\); pass --overwrite"):
         OutputManifest(tmp_path, "tool").check(["x.png"])
     OutputManifest(tmp_path, "tool", overwrite=True).check(["x.png"])
+
+
+def test_predict_unreadable_input_leaves_no_claim_on_its_name(tmp_path, checkpoint, capsys):
+    """An input that could not be read wrote nothing: its output name must not stay "ours", or a
+    file the user later puts there would be replaced without --overwrite."""
+    out = tmp_path / "out"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.png").write_bytes(b"not an image yet")
+    _photo(tmp_path / "in" / "y.png", seed=3)
+    argv = ["--checkpoint", checkpoint, tmp_path / "in", "--out", out]
+    assert run_cli(predict.main, [str(a) for a in argv]) == 1
+    files = json.loads((out / ".boxsup-outputs.json").read_text())["files"]
+    assert sorted(files) == ["y.png", "y_overlay.png"] and all(isinstance(v, str) for v in files.values())
+    photo = _photo(out / "x.png", seed=9)  # the user's own file, under the name x.png would have had
+    _photo(tmp_path / "in" / "x.png", seed=10)  # and the input is readable now
+    _refused(predict.main, argv, capsys, out / "x.png", "--overwrite")
+    assert (out / "x.png").read_bytes() == photo
+
+
+def test_manifest_entry_without_hash_vouches_only_for_an_absent_file(tmp_path):
+    """A name recorded without a hash (claimed, never known to be written) does not make an
+    existing file there ours; unwritten claims are dropped when the manifest is saved."""
+    manifest = OutputManifest(tmp_path, "tool")
+    manifest.claim(["a.png", "b.png"])
+    manifest.write_bytes("a.png", b"ours")
+    manifest.save()
+    assert json.loads((tmp_path / MANIFEST).read_text())["files"] == {"a.png": hashlib.sha256(b"ours").hexdigest()}
+    atomic_write_json(tmp_path / MANIFEST, {"command": "tool", "files": {"c.png": None}})  # an older run's record
+    (tmp_path / "c.png").write_bytes(b"the user's")
+    with pytest.raises(InputError, match="c.png exists and is not a file tool wrote there"):
+        OutputManifest(tmp_path, "tool").check(["c.png"])
+
+
+def test_manifest_records_hashes_before_the_files_land(tmp_path, monkeypatch):
+    """A kill between writing a file and saving the manifest leaves a file the rerun still knows
+    as its own: the hash, new and old, is on disk before the rename."""
+    from boxsup_ext.utils import outputs as outputs_module
+
+    manifest = OutputManifest(tmp_path, "tool")
+    manifest.write_files({"a.png": b"first"})
+    manifest.save()
+    real = outputs_module.atomic_write_bytes
+    seen = []
+
+    def write_then_die(path, data):
+        seen.append(json.loads((tmp_path / MANIFEST).read_text())["files"])
+        real(path, data)
+        raise KeyboardInterrupt  # killed before anything else is recorded
+
+    monkeypatch.setattr(outputs_module, "atomic_write_bytes", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        OutputManifest(tmp_path, "tool").write_files({"a.png": b"second", "b.png": b"new"})
+    assert (tmp_path / "a.png").read_bytes() == b"second"
+    rerun = OutputManifest(tmp_path, "tool")
+    assert rerun.made_by_us("a.png")
+    rerun.check(["a.png", "b.png"])
+    (tmp_path / "a.png").write_bytes(b"edited by the user")
+    assert not OutputManifest(tmp_path, "tool").made_by_us("a.png")
 
 
 # --------------------------------------------------------------------------- evaluate never overwrites

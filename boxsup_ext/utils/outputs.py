@@ -7,7 +7,9 @@ unwritable or read-only location) into one :class:`InputError` line before any w
 (``predict --out DIR``) knows which files there it made: it keeps ``DIR/.boxsup-outputs.json`` with
 the SHA-256 of every file it wrote. A rerun may replace those files; any other existing file (the
 user's photo ``DIR/x.png``, or one of ours the user has since edited) is refused unless the user
-passes ``--overwrite``.
+passes ``--overwrite``. The hash of a file is recorded before the file is renamed into place
+(:meth:`OutputManifest.write_files`), so a kill at any point leaves no file of ours unrecorded and
+no record vouching for a file it did not see written.
 """
 
 from __future__ import annotations
@@ -95,10 +97,12 @@ class OutputManifest:
         self.command = command
         self.overwrite = overwrite
         self.path = self.folder / MANIFEST_NAME
-        self.files: dict[str, Optional[str]] = self._read()
+        # name -> hash of the file written; None: claimed, not (yet) known to be written; a list:
+        # hashes a file being replaced may hold (the new one first) until the write is recorded.
+        self.files: dict[str, Union[None, str, list[str]]] = self._read()
         self._checked: set[str] = set()  # names check() passed (claim() after check() hashes nothing twice)
 
-    def _read(self) -> dict[str, Optional[str]]:
+    def _read(self) -> dict[str, Union[None, str, list[str]]]:
         if not self.path.is_file():
             return {}
         try:
@@ -109,18 +113,22 @@ class OutputManifest:
         except (OSError, ValueError, KeyError, TypeError):
             # An unreadable record vouches for nothing: every existing file counts as the user's.
             return {}
-        return {str(name): digest if isinstance(digest, str) else None for name, digest in files.items()}
+        return {str(name): _digests(digest) for name, digest in files.items()}
 
     def made_by_us(self, name: str) -> bool:
         """Whether ``folder/name`` is a file this manifest's command wrote and nobody changed since.
-        An entry without a hash is a write that was announced but may not have finished (a crash)."""
+
+        An entry without a hash (claimed before writing, never recorded) vouches for nothing that
+        exists: whatever the file there holds, this command did not see it written (an input that
+        could not be read, a crash), and it may be the user's."""
         if name not in self.files:
             return False
         digest = self.files[name]
+        target = self.folder / name
         if digest is None:
-            return True
+            return not (target.exists() or target.is_symlink())
         try:
-            return file_sha256(self.folder / name) == digest
+            return file_sha256(target) in ([digest] if isinstance(digest, str) else digest)
         except OSError:
             return False
 
@@ -145,15 +153,35 @@ class OutputManifest:
             self._checked.add(name)
 
     def claim(self, names: Iterable[str]) -> None:
-        """:meth:`check` the names, then record them before writing, so that files a crash
-        leaves behind still count as ours on the rerun."""
+        """:meth:`check` the names and note them (in memory, without a hash) as about to be
+        written. Only :meth:`write_bytes` / :meth:`record` make a claimed file ours; claims never
+        written are not saved. Prefer :meth:`write_files`, which records the hashes on disk first."""
         names = list(names)
         self.check(names)
-        new = [name for name in names if name not in self.files]
-        for name in new:
-            self.files[name] = None
-        if new:
-            self.save()
+        for name in names:
+            self.files.setdefault(name, None)
+
+    def write_files(self, files: dict[str, bytes]) -> list[Path]:
+        """:meth:`check` the names, record the hashes of ``files`` (name -> bytes) in the manifest
+        on disk, then write each file atomically. A kill at any point leaves every file either
+        absent, as before (still ours if it was), or with content whose hash is recorded: nothing
+        of ours is left unrecorded, and no record covers bytes this command did not write."""
+        names = list(files)
+        self.check(names)
+        hashes = {name: _sha256(data) for name, data in files.items()}
+        for name, digest in hashes.items():
+            # Until the rename the old content is still there: keep it ours if it was.
+            before = self.files.get(name)
+            kept = [] if before is None else [before] if isinstance(before, str) else before
+            self.files[name] = [digest] + [old for old in kept if old != digest]
+        self.save()
+        written = []
+        for name, data in files.items():
+            target = self.folder / name
+            atomic_write_bytes(target, data)
+            self.files[name] = hashes[name]
+            written.append(target)
+        return written
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         """Write ``folder/name`` atomically (it must have been claimed) and record its hash."""
@@ -171,5 +199,16 @@ class OutputManifest:
         self.files[name] = file_sha256(self.folder / name)
 
     def save(self) -> None:
-        """Record the names claimed and the hashes of the files written so far."""
-        atomic_write_json(self.path, {"command": self.command, "files": dict(sorted(self.files.items()))})
+        """Record the hashes of the files written so far. Names claimed but never written (an
+        input that could not be read) are dropped: their record would vouch for nothing."""
+        written = {name: digest for name, digest in self.files.items() if digest is not None}
+        atomic_write_json(self.path, {"command": self.command, "files": dict(sorted(written.items()))})
+
+
+def _digests(value: object) -> Union[None, str, list[str]]:
+    """A manifest entry as read: a hash, a list of hashes (a write in progress), or None."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return [str(v) for v in value]
+    return None
