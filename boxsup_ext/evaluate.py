@@ -7,7 +7,7 @@
 Writes ``DIR/metrics.json`` (see ``ConfusionAccumulator.results``, plus ``settings``), the printed
 table as ``DIR/table.txt``, the predictions as VOC-palette PNGs in ``DIR/predictions/`` (reused
 when the command is run again with the same checkpoint and settings, so an interrupted evaluation
-resumes) and, with ``--trimap``, the boundary/interior plot ``DIR/trimap.png``. With ``--run`` the
+resumes; recomputed when the checkpoint or settings changed) and, with ``--trimap``, the boundary/interior plot ``DIR/trimap.png``. With ``--run`` the
 dataset is the run's validation split and the checkpoint the run's final one
 (``checkpoints/latest.pt``); ``--checkpoint-kind best`` takes ``checkpoints/best.pt`` instead, the
 epoch with the best mIoU on the validation split, which makes a score on that same split
@@ -75,7 +75,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="discard predictions made with other settings in --out, and replace files there this command did not write",
+        help="replace files in --out (predictions/ included) that this command did not write; its own "
+        "earlier outputs and predictions are replaced without it",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_inference_arguments(parser)
@@ -142,10 +143,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "split": split,
         **settings.describe(),
     }
-    prepare_prediction_dir(out / "predictions", description, overwrite=args.overwrite)
+    predictions = prepare_prediction_dir(out / "predictions", description, overwrite=args.overwrite)
 
     start = time.perf_counter()
-    results = evaluate_dataset(predictor, dataset, widths, out / "predictions", progress=not args.no_progress)
+    results = evaluate_dataset(predictor, dataset, widths, out / "predictions", progress=not args.no_progress, outputs=predictions)
     results["settings"] = {**description, "checkpoint_kind": checkpoint_kind, "kind": kind, "device": str(predictor.device)}
     results["time_s"] = round(time.perf_counter() - start, 3)
     if results["num_images"] == 0:

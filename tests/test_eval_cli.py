@@ -74,11 +74,10 @@ def test_checkpoint_evaluation_matches_independent_miou_and_resumes(synthetic, t
     again = json.loads((out / "metrics.json").read_text())
     assert again["miou"] == results["miou"] and again["confusion_matrix"] == results["confusion_matrix"]
 
-    # Other settings in the same folder are refused unless --overwrite, which recomputes.
+    # Other settings in the same folder: the stored predictions are evaluate's own, so they are
+    # recomputed (no --overwrite needed).
     extended = argv + ["--scales", "0.75,1.0", "--flip", "--crf", "--crf-params", "iterations=3", "--workers", "2"]
-    with pytest.raises(InputError, match="--overwrite"):
-        evaluate.main(extended)
-    assert evaluate.main(extended + ["--overwrite"]) == 0
+    assert evaluate.main(extended) == 0
     results = json.loads((out / "metrics.json").read_text())
     assert results["settings"]["scales"] == [0.75, 1.0] and results["settings"]["flip"]
     assert results["settings"]["crf"]["iterations"] == 3 and results["settings"]["crf"]["bi_xy_std"] == 121

@@ -318,10 +318,47 @@ def test_evaluate_does_not_reuse_predictions_of_a_replaced_checkpoint(tmp_path, 
     with torch.no_grad():
         model.classifier.bias.copy_(torch.arange(num_classes, dtype=torch.float32))  # always the last class
     atomic_save_torch({"model": model.state_dict(), "model_meta": model_meta(model), "config": {}, "epoch": 2}, ckpt)
-    _refused(evaluate.main, _eval_argv(root, ckpt, out), capsys, out / "predictions", "another checkpoint", "--overwrite")
-    assert evaluate.main([str(a) for a in _eval_argv(root, ckpt, out, "--overwrite")]) == 0
+    # The stored PNGs are evaluate's own (recorded beside settings.json): recomputed, no --overwrite.
+    assert run_cli(evaluate.main, [str(a) for a in _eval_argv(root, ckpt, out)]) == 0
     second = np.array(json.loads((out / "metrics.json").read_text())["confusion_matrix"])
     assert second.tolist() != first and second[:, :-1].sum() == 0
+
+
+def test_evaluating_a_run_twice_recomputes_its_own_predictions_only(tmp_path, synthetic, capsys):
+    """``evaluate --run`` scores latest.pt, replaced every epoch: the second evaluation replaces
+    the first one's predictions without --overwrite, but a PNG evaluate did not write is refused."""
+    root, num_classes = synthetic
+    run = tmp_path / "run"
+    ckpt = _checkpoint(run / "checkpoints" / "latest.pt", num_classes)
+    config = {"data": {"train": [{"kind": "synthetic", "root": str(root), "split": "train"}],
+                       "val": {"kind": "synthetic", "root": str(root), "split": "val"}}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    argv = ["--run", str(run), "--no-progress"]
+    assert run_cli(evaluate.main, argv) == 0
+    preds = run / "eval" / "val" / "predictions"
+    first = _tree(preds)
+    model = build_model("tiny_fcn", num_classes, width=4)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.arange(num_classes, dtype=torch.float32))  # always the last class
+    atomic_save_torch({"model": model.state_dict(), "model_meta": model_meta(model), "config": {}, "epoch": 2}, ckpt)
+    assert run_cli(evaluate.main, argv) == 0
+    second = _tree(preds)
+    assert sorted(second) == sorted(first) and all(second[n] != first[n] for n in first if n.endswith(".png"))
+    assert all((load_label_png(preds / n) == num_classes - 1).all() for n in second if n.endswith(".png"))
+
+    # A foreign PNG beside evaluate's own is refused, whether or not the checkpoint changed.
+    foreign = preds / "not_an_image_id.png"
+    save_label_png(foreign, np.zeros((24, 32), np.uint8))
+    before = _tree(run / "eval")
+    _refused(evaluate.main, argv, capsys, "not_an_image_id.png", "did not write", "--overwrite")
+    _checkpoint(ckpt, num_classes)
+    _refused(evaluate.main, argv, capsys, "not_an_image_id.png", "did not write", "--overwrite")
+    assert _tree(run / "eval") == before
+    # A prediction of evaluate's that the user edited is not its own any more either.
+    foreign.unlink()
+    save_label_png(next(preds.glob("*.png")), np.ones((24, 32), np.uint8))
+    _refused(evaluate.main, argv, capsys, "did not write", "--overwrite")
+    assert run_cli(evaluate.main, argv + ["--overwrite"]) == 0
 
 
 # --------------------------------------------------------------------------- output paths (11)

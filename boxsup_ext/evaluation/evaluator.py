@@ -25,7 +25,8 @@ from boxsup_ext.evaluation.multiscale import multiscale_logits
 from boxsup_ext.evaluation.trimap import trimap_bands
 from boxsup_ext.metrics import confusion_matrix, miou_from_confusion
 from boxsup_ext.models import normalize_images
-from boxsup_ext.utils import InputError, atomic_write_json
+from boxsup_ext.utils import InputError, OutputManifest, atomic_write_json
+from boxsup_ext.utils.outputs import MANIFEST_NAME
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,31 +182,44 @@ def _settings_fingerprint(description: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_prediction_dir(pred_dir: Path, description: dict[str, Any], overwrite: bool = False) -> None:
+def prepare_prediction_dir(pred_dir: Path, description: dict[str, Any], overwrite: bool = False) -> OutputManifest:
     """Make ``pred_dir`` ready for resumable predictions made under ``description``.
 
-    The directory records the checkpoint and settings in ``settings.json``; PNGs left by an earlier
-    run are reused only when that record matches. A mismatch, or PNGs without a record (not made
-    by this command, so neither reusable as predictions nor ours to delete), is an
-    :class:`InputError` unless ``overwrite``, which deletes the stale PNGs.
+    The directory records the checkpoint and settings in ``settings.json`` and, in its
+    :class:`OutputManifest`, the hash of every PNG this command wrote there. Its own PNGs are
+    reused when the settings record matches and deleted (to be recomputed) when it does not: a
+    run's latest.pt is replaced every epoch, and evaluating the run again must not need
+    ``--overwrite``. A PNG it did not write (or one of its own that has since been edited) is
+    neither a prediction to score nor its own to delete: an :class:`InputError` unless
+    ``overwrite``, which deletes it too.
+
+    Returns:
+        The manifest to write the predictions through (``evaluate_dataset(outputs=...)``).
     """
     record_path = pred_dir / "settings.json"
     fingerprint = _settings_fingerprint(description)
-    if record_path.is_file() or any(pred_dir.glob("*.png")):
-        try:
-            previous = json.loads(record_path.read_text()).get("fingerprint")
-        except (OSError, ValueError, AttributeError):
-            previous = None
-        if previous != fingerprint:
-            if not overwrite:
-                what = "predictions made with another checkpoint or settings" if record_path.is_file() else (
-                    "PNGs without a settings.json, which this command did not write"
-                )
-                raise InputError(f"{pred_dir} holds {what}; pass --overwrite to replace them or choose another --out")
-            for stale in pred_dir.glob("*.png"):
-                stale.unlink()
+    outputs = OutputManifest(pred_dir, "boxsup_ext.evaluate", overwrite=overwrite)
+    pngs = sorted(p.relative_to(pred_dir).as_posix() for p in pred_dir.rglob("*.png") if not p.is_dir()) if pred_dir.is_dir() else []
+    foreign = [name for name in pngs if not outputs.made_by_us(name)]
+    if foreign and not overwrite:
+        others = f" (and {len(foreign) - 1} other PNGs)" if len(foreign) > 1 else ""
+        raise InputError(
+            f"{pred_dir} holds {foreign[0]}{others}, which this command did not write (see {MANIFEST_NAME} there), "
+            "so it is neither a prediction to score nor one to replace; pass --overwrite to replace them or choose another --out"
+        )
+    try:
+        previous = json.loads(record_path.read_text()).get("fingerprint") if record_path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    stale = pngs if previous != fingerprint else foreign
+    for name in stale:
+        (pred_dir / name).unlink()
+        outputs.files.pop(name, None)
+    if stale:
+        outputs.save()
     pred_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record_path, {"fingerprint": fingerprint, **description})
+    return outputs
 
 
 def _batched(items: Iterable[int], size: int) -> Iterator[list[int]]:
@@ -226,6 +240,7 @@ def evaluate_dataset(
     pred_dir: Optional[Path] = None,
     progress: bool = True,
     on_image: Optional[Callable[[str, np.ndarray], None]] = None,
+    outputs: Optional[OutputManifest] = None,
 ) -> dict[str, Any]:
     """Predict every image of ``dataset`` that has a class map and score the predictions.
 
@@ -238,13 +253,18 @@ def evaluate_dataset(
             read back instead of recomputed. Call :func:`prepare_prediction_dir` on it first.
         progress: show a tqdm progress bar.
         on_image: called with (image_id, predicted uint8 [H, W]) for each scored image.
+        outputs: the manifest :func:`prepare_prediction_dir` returned for ``pred_dir``; the PNGs
+            are written through it (their hashes recorded first). Default: ``pred_dir``'s.
 
     Returns:
         The :meth:`ConfusionAccumulator.results` dict plus ``"skipped_without_gt"`` (how many
         images had no class map and were not scored).
     """
-    from boxsup_ext.data import load_label_png, save_label_png
+    from boxsup_ext.data import load_label_png
+    from boxsup_ext.data.palette import encode_label_png
 
+    if pred_dir is not None and outputs is None:
+        outputs = OutputManifest(pred_dir, "boxsup_ext.evaluate")
     accumulator = ConfusionAccumulator(dataset.num_classes, trimap_widths)
     skipped = 0
     bar = None
@@ -268,9 +288,9 @@ def evaluate_dataset(
                 todo.append((index, gt))
         if todo:
             predictions = predictor.labels([dataset.load_image(index) for index, _ in todo])
+            if outputs is not None:
+                outputs.write_files({f"{dataset[index].image_id}.png": encode_label_png(pred) for (index, _), pred in zip(todo, predictions)})
             for (index, gt), pred in zip(todo, predictions):
-                if pred_dir is not None:
-                    save_label_png(pred_dir / f"{dataset[index].image_id}.png", pred)
                 done.append((index, pred, gt))
         for index, pred, gt in sorted(done, key=lambda item: item[0]):
             accumulator.add(pred, gt)
@@ -280,6 +300,8 @@ def evaluate_dataset(
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
+    if outputs is not None:
+        outputs.save()
     results = accumulator.results(dataset.class_names)
     results["skipped_without_gt"] = skipped
     return results
