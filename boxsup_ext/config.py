@@ -398,7 +398,8 @@ def validate(config: Config) -> None:
         (config.data.workers >= 0, "data.workers must be 0 or more"),
         (len(config.data.train) >= 1, "data.train must list at least one source"),
         (config.run.device in ("auto", "cpu", "cuda"), f"run.device must be auto, cpu or cuda, got {config.run.device!r}"),
-        (config.model.num_classes >= 0, "model.num_classes must be 0 (from the dataset) or at least 2"),
+        (config.model.num_classes == 0 or config.model.num_classes >= 2,
+         f"model.num_classes must be 0 (from the dataset) or at least 2, got {config.model.num_classes}"),
     ]
     for index, source in enumerate(config.data.train + [config.data.val]):
         name = f"data.train.{index}" if index < len(config.data.train) else "data.val"

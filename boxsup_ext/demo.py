@@ -60,7 +60,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="override a trainer config key for every mode (repeatable)")
     args = parser.parse_args(argv)
     from boxsup_ext.config import MODES
-    from boxsup_ext.train import train
+    from boxsup_ext.train import StopRequested, train
+    from boxsup_ext.train_utils.state import RunMismatch
     from boxsup_ext.train_utils.synthetic_setup import prepare_synthetic, store_dir
 
     # Every argument is checked before anything is written.
@@ -87,7 +88,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results: dict[str, dict] = {}
     for mode, config in configs.items():
         # A run left by an earlier demo is reused when finished and resumed otherwise.
-        summary = train(config, resume=(out / "runs" / mode / "run.json").exists())
+        try:
+            summary = train(config, resume=(out / "runs" / mode / "run.json").exists())
+        except StopRequested:  # Ctrl-C / SIGTERM: the trainer has saved its checkpoint and said so
+            print(f"demo stopped during the {mode} run; the same command again (same --out and --set) continues it",
+                  file=sys.stderr, flush=True)
+            return 130
+        except RunMismatch as err:
+            what = f"other settings ({'; '.join(err.differences[:3])})" if err.differences else "other images"
+            raise InputError(
+                f"--out {out} holds a demo {mode} run made with {what}; use another --out, or the same --set "
+                "values and demo options to continue it"
+            ) from None
         results[mode] = {
             "miou": summary["final_val_miou"],
             "seconds": summary["seconds"],

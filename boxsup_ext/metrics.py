@@ -11,6 +11,7 @@ from typing import Union
 import numpy as np
 import torch
 
+from boxsup_ext.core import IGNORE_LABEL
 from boxsup_ext.utils import InputError
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -33,7 +34,7 @@ def _scored_pixels(pred: ArrayLike, gt: ArrayLike, num_classes: int, ignore: int
     return pred_flat[valid], gt_flat[valid]
 
 
-def confusion_matrix(pred: ArrayLike, gt: ArrayLike, num_classes: int, ignore: int = 255) -> np.ndarray:
+def confusion_matrix(pred: ArrayLike, gt: ArrayLike, num_classes: int, ignore: int = IGNORE_LABEL) -> np.ndarray:
     """Count pixels by (ground-truth class, predicted class).
 
     Args:
@@ -66,7 +67,7 @@ def confusion_matrix(pred: ArrayLike, gt: ArrayLike, num_classes: int, ignore: i
     return counts.reshape(num_classes, num_classes).astype(np.int64)
 
 
-def ignored_prediction_counts(pred: ArrayLike, gt: ArrayLike, num_classes: int, ignore: int = 255) -> np.ndarray:
+def ignored_prediction_counts(pred: ArrayLike, gt: ArrayLike, num_classes: int, ignore: int = IGNORE_LABEL) -> np.ndarray:
     """How many scored pixels a prediction leaves as ``ignore``, the pixels :func:`confusion_matrix` skips.
 
     Args: as :func:`confusion_matrix`.

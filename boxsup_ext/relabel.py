@@ -55,7 +55,7 @@ class RelabelSettings:
         if mode not in ("boxsup", "boxsup_greedy"):
             return cls(lam=0.0, topk=1, iou="box", clip_to_box=relabel.clip_to_box)
         topk = 1 if mode == "boxsup_greedy" else relabel.topk
-        lam = warmed_lam(relabel.lam, getattr(relabel, "lam_warmup_epochs", 0), epoch)
+        lam = warmed_lam(relabel.lam, relabel.lam_warmup_epochs, epoch)
         return cls(lam=lam, topk=topk, iou=relabel.iou, clip_to_box=relabel.clip_to_box, min_iou=relabel.min_iou)
 
 

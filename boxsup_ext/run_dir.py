@@ -109,8 +109,11 @@ def open_run(run_dir: Union[str, Path]) -> RunDir:
 def run_checkpoint(run: RunDir, kind: str = "final") -> tuple[Path, str]:
     """The checkpoint of a run to evaluate, and a label for it.
 
-    ``kind="final"`` (the default) is ``checkpoints/latest.pt``: labelled ``"final"`` when the run
-    has finished (``metrics/train_summary.json`` exists), else ``"latest"``. ``kind="best"`` is
+    ``kind="final"`` (the default) is ``checkpoints/latest.pt``: labelled ``"final"`` when the
+    checkpoint is the end of its run (``epoch`` at least its config's ``train.epochs`` and no step
+    of a further epoch done), else ``"latest"`` (a run stopped midway, also one resumed with more
+    epochs after finishing). A checkpoint that does not say (not the trainer's) is ``"final"`` when
+    ``metrics/train_summary.json`` exists. ``kind="best"`` is
     ``checkpoints/best.pt``, the epoch with the highest validation mIoU; scoring it on that same
     split is optimistic, and its label ``"best-on-val"`` says so.
     """
@@ -122,7 +125,32 @@ def run_checkpoint(run: RunDir, kind: str = "final") -> tuple[Path, str]:
         return run.best, "best-on-val"
     if not run.latest.is_file():
         raise InputError(f"{run.latest} does not exist; has the run finished an epoch?")
-    return run.latest, "final" if run.summary_file.is_file() else "latest"
+    finished = _checkpoint_finished(run.latest)
+    if finished is None:
+        finished = run.summary_file.is_file()
+    return run.latest, "final" if finished else "latest"
+
+
+def _checkpoint_finished(path: Path) -> Optional[bool]:
+    """Whether a trainer checkpoint is the end of its run (None when it does not say). Loaded with
+    ``weights_only=True`` (no code runs) and memory-mapped, so the weights are not read."""
+    import torch
+
+    from boxsup_ext.models import load_checkpoint_file
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint (no mmap) or not loadable: the one-line loader decides
+        checkpoint = load_checkpoint_file(path)
+    if not isinstance(checkpoint, dict):
+        return None
+    config = checkpoint.get("config")
+    train = config.get("train") if isinstance(config, dict) else None
+    epochs = train.get("epochs") if isinstance(train, dict) else None
+    epoch = checkpoint.get("epoch")
+    if not isinstance(epochs, int) or not isinstance(epoch, int):
+        return None
+    return epoch >= epochs and not checkpoint.get("step", 0)
 
 
 def run_data_source(run: RunDir, which: str = "val") -> Any:
@@ -135,9 +163,10 @@ def run_data_source(run: RunDir, which: str = "val") -> Any:
     return source
 
 
-def read_log(run: RunDir) -> list[dict[str, Any]]:
-    """The per-epoch records of ``log.jsonl`` (one JSON object per line), in file order."""
-    path = run.log_file
+def read_log(run: RunDir, path: Optional[Path] = None) -> list[dict[str, Any]]:
+    """The per-epoch records of ``log.jsonl`` (one JSON object per line; ``path`` instead of the
+    run's ``log.jsonl`` when given), in file order. A torn last line is dropped."""
+    path = run.log_file if path is None else Path(path)
     if not path.is_file():
         raise InputError(f"{path} does not exist; give a run directory the trainer has logged to")
     try:

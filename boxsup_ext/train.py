@@ -36,10 +36,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from boxsup_ext.config import Config, dump_config, load_config, save_config, config_to_dict
 from boxsup_ext.data import TrainImage, TrainingSet, open_source, open_training_set, save_label_png
+from boxsup_ext.core import IGNORE_LABEL
 from boxsup_ext.evaluation.evaluator import ConfusionAccumulator, InferenceSettings, LabelPredictor
-from boxsup_ext.metrics import confusion_matrix, ignored_prediction_counts, miou_from_confusion
+from boxsup_ext.metrics import ignored_prediction_counts, miou_from_confusion
 from boxsup_ext.models import IMAGENET_MEAN, IMAGENET_STD, model_from_config, model_meta, unwrap_model
-from boxsup_ext.relabel import IGNORE_LABEL, RelabelInput, RelabelSettings, relabel_batch
+from boxsup_ext.relabel import RelabelInput, RelabelSettings, relabel_batch
 from boxsup_ext.run_dir import RunDir
 from boxsup_ext.train_utils.data import LabelledImages, epoch_batches, epoch_loader, gt_label_map, rank_slice
 from boxsup_ext.train_utils.distributed import DistContext, init_distributed, shutdown_distributed
@@ -59,7 +60,7 @@ from boxsup_ext.utils import InputError, atomic_write_bytes, atomic_write_json, 
 # SIGTERM, SIGINT, SIGSTOP) right after that training step.
 FAULT_ENV = "BOXSUP_FAULT_AT"
 RELABELED_MODES = ("boxsup", "boxsup_greedy")
-# Failures of the storage rather than of the program: one line, not a traceback.
+# Failures of the run directory's storage rather than of the program: one line, not a traceback.
 _STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
@@ -68,7 +69,7 @@ class StopRequested(Exception):
 
 
 class TrainingDiverged(InputError):
-    """The loss became NaN or infinite; training stops before the weights reach a checkpoint."""
+    """The loss or the weights became NaN or infinite; training stops before the weights reach a checkpoint."""
 
 
 @dataclass
@@ -196,6 +197,9 @@ def build_state(config: Config, ctx: DistContext, training: TrainingSet, checkpo
         if scaler is not None and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
         rng_states = checkpoint["rng"]
+        if len(rng_states) != ctx.world_size and ctx.is_main:
+            print(f"warning: the checkpoint was saved by {len(rng_states)} process(es), this run has {ctx.world_size}; every "
+                  "rank continues from rank 0's random streams, so the resume is not exact", file=sys.stderr, flush=True)
         restore_rng(rng_states[ctx.rank] if len(rng_states) == ctx.world_size else rng_states[0])
         state.start_epoch = checkpoint["epoch"] + 1
         state.partial = EpochProgress(**checkpoint.get("partial", {}))
@@ -295,19 +299,21 @@ class LabelTally:
 
 @dataclass
 class LabelScore:
-    """The relabeled images' labels against their ground truth, where the dataset has it."""
+    """The relabeled images' labels against their ground truth, where the dataset has it: the
+    evaluator's :class:`ConfusionAccumulator` plus the ground-truth pixels the labels leave as ignore."""
 
     confusion: np.ndarray
     ignored: np.ndarray  # ground-truth pixels the labels leave as ignore, all ground-truth pixels
 
     @classmethod
     def empty(cls, num_classes: int) -> "LabelScore":
-        return cls(np.zeros((num_classes, num_classes), dtype=np.int64), np.zeros(2, dtype=np.int64))
+        return cls(ConfusionAccumulator(num_classes).total, np.zeros(2, dtype=np.int64))
 
     def add(self, label: np.ndarray, gt: np.ndarray) -> None:
-        num_classes = self.confusion.shape[0]
-        self.confusion += confusion_matrix(label, gt, num_classes)
-        self.ignored += ignored_prediction_counts(label, gt, num_classes)
+        scores = ConfusionAccumulator(self.confusion.shape[0])
+        scores.add(label, gt)
+        self.confusion += scores.total
+        self.ignored += ignored_prediction_counts(label, gt, scores.num_classes)
 
     def summed(self, ctx: DistContext) -> "LabelScore":
         return LabelScore(ctx.sum_array(self.confusion), ctx.sum_array(self.ignored))
@@ -323,8 +329,10 @@ def prepare_labels(
     mask_images, box_images = labels_due(config.train.mode, training.images, first_time=not label_state.get("fixed_done", False))
     write_mask_labels(ctx.shard(mask_images), training.datasets, labels_dir, config, epoch, ctx.is_main)
     settings = RelabelSettings.from_config(config.relabel, config.train.mode, epoch)
+    # Every rank runs the same number of batches (a collective per batch): the largest share's.
+    rounds = math.ceil(math.ceil(len(box_images) / ctx.world_size) / config.relabel.batch_images)
     choices, tally, score = relabel_images(
-        ctx.shard(box_images), epoch, settings, config, ctx, model, training.datasets, stores, labels_dir, stopper
+        ctx.shard(box_images), epoch, settings, config, ctx, model, training.datasets, stores, labels_dir, stopper, rounds
     )
     relabeled = ctx.gather_objects(sorted(choices))
     merged: dict[str, list[int]] = {}
@@ -377,26 +385,34 @@ def write_mask_labels(
 
 def relabel_images(
     images: Sequence[TrainImage], epoch: int, settings: RelabelSettings, config: Config, ctx: DistContext, model: nn.Module,
-    datasets: Sequence[Any], stores: dict[int, Any], labels_dir: Path, stopper: Stopper,
+    datasets: Sequence[Any], stores: dict[int, Any], labels_dir: Path, stopper: Stopper, rounds: Optional[int] = None,
 ) -> tuple[dict[str, list[int]], LabelTally, LabelScore]:
     """Relabel this rank's box images in batches of ``relabel.batch_images``, writing their label
-    PNGs; returns the chosen candidates per image, the tally and the score against ground truth."""
+    PNGs; returns the chosen candidates per image, the tally and the score against ground truth.
+
+    ``rounds``: the number of batches to run, the same on every rank (each one checks for a stop
+    with a collective), so a rank with a smaller share runs empty batches at the end; default: as
+    many as this rank's share needs."""
     net = unwrap_model(model)
     choices: dict[str, list[int]] = {}
     tally, score = LabelTally(), LabelScore.empty(net.num_classes)
     batch_size = config.relabel.batch_images
+    if rounds is None:
+        rounds = math.ceil(len(images) / batch_size)
     was_training = net.training
     net.eval()
-    for first in progress(range(0, len(images), batch_size), config.run.progress and ctx.is_main, desc=f"relabel {epoch}"):
+    for first in progress(range(0, rounds * batch_size, batch_size), config.run.progress and ctx.is_main, desc=f"relabel {epoch}"):
         if ctx.any_rank(stopper.requested):
             raise StopRequested
         batch = images[first : first + batch_size]
+        if not batch:
+            continue
         inputs = [_relabel_input(datasets, stores, image) for image in batch]
         for image, result in zip(batch, relabel_batch(net, inputs, settings, config.run.seed, epoch, ctx.device)):
             save_label_png(labels_dir / f"{image.image_id}.png", result.label)
             choices[image.image_id] = result.chosen.tolist()
             tally.add(result)
-            gt = datasets[image.source].load_class_map(image.index)
+            gt = gt_label_map(datasets[image.source], image.index)
             if gt is not None:
                 score.add(result.label, gt)
     net.train(was_training)
@@ -470,7 +486,9 @@ def train_one_epoch(
     for images, labels in bar:
         loss = forward_loss(state, images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True))
         loss_value = float(loss.detach())
-        if ctx.any_rank(not math.isfinite(loss_value)):
+        finite = math.isfinite(loss_value)
+        # Under AMP a non-finite loss is an fp16 overflow: the GradScaler skips that step and lowers its scale.
+        if state.scaler is None and ctx.any_rank(not finite):
             raise TrainingDiverged(
                 f"the training loss is {loss_value} at epoch {epoch} step {partial.step + 1} (train.lr "
                 f"{state.optimizer.param_groups[0]['lr']:g}; lower it); stopped without saving, so "
@@ -478,7 +496,7 @@ def train_one_epoch(
             )
         backward_step(state, loss)
         partial.step += 1
-        partial.loss_sum += loss_value
+        partial.loss_sum += loss_value if finite else 0.0
         after_step(epoch, partial.step)
         if ctx.any_rank(stopper.requested) and partial.step < len(batches):
             partial.seconds += time.perf_counter() - started
@@ -512,7 +530,7 @@ def validate(model: nn.Module, dataset: Any, limit: int, ctx: DistContext, show:
     """Single-scale, full-image validation mIoU (no CRF), sharded over ranks: the evaluator's
     :class:`LabelPredictor` one image at a time.
 
-    Returns {"miou", "per_class_iou", "pixel_acc"} or None when no validation image has a mask.
+    Returns {"miou", "per_class_iou", "pixel_accuracy"} (the evaluator's names) or None when no validation image has a mask.
     """
     net = unwrap_model(model)
     was_training = net.training
@@ -527,8 +545,8 @@ def validate(model: nn.Module, dataset: Any, limit: int, ctx: DistContext, show:
     confusion = ctx.sum_array(scores.total)
     if not confusion.sum():
         return None
-    miou, per_class, pixel_acc = miou_from_confusion(confusion)
-    return {"miou": miou, "per_class_iou": [None if np.isnan(v) else float(v) for v in per_class], "pixel_acc": pixel_acc}
+    miou, per_class, pixel_accuracy = miou_from_confusion(confusion)
+    return {"miou": miou, "per_class_iou": [None if np.isnan(v) else float(v) for v in per_class], "pixel_accuracy": pixel_accuracy}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -553,19 +571,43 @@ def train(config: Config, resume: bool = False) -> dict:
             ensure_output_dir(run_dir, "run directory (--run-dir)")
         return _train(config, resume, ctx, stopper)
     except OSError as err:
-        if err.errno not in _STORAGE_ERRNOS:
+        if err.errno not in _STORAGE_ERRNOS or (err.filename is not None and not _is_under(err.filename, run_dir)):
             raise
-        # A full disk or a folder that became unwritable mid-run: checkpoints are written atomically,
-        # so the last one is whole.
+        # A full disk or a run directory that became unwritable mid-run: checkpoints are written
+        # atomically, so the last one is whole.
+        latest = RunDir(run_dir).latest
+        then = f"--resume continues from {latest}" if latest.is_file() else "run it again (no checkpoint was saved yet)"
         raise InputError(
-            f"{err.filename or run_dir}: {err.strerror}; training stopped. Free space or fix the permissions, then "
-            f"--resume continues from {RunDir(run_dir).latest}"
+            f"{err.filename or run_dir}: {err.strerror}; training stopped. Free space or fix the permissions, then {then}"
         ) from None
     finally:
         if lock is not None:
             lock.release()
         stopper.restore()
         shutdown_distributed()
+
+
+def _is_under(path: Any, folder: Path) -> bool:
+    """Whether ``path`` (an OSError's filename) lies in ``folder``."""
+    try:
+        return Path(os.fsdecode(path)).resolve().is_relative_to(Path(folder).resolve())
+    except (TypeError, ValueError, OSError):
+        return False
+
+
+def check_weights_finite(state: TrainState, ctx: DistContext, epoch: int) -> None:
+    """Stop (one line) when a weight became NaN or infinite, before it reaches a checkpoint: a
+    finite loss does not prove the last step's update was. Under AMP the GradScaler skips the steps
+    whose gradients overflow, so a non-finite weight there is a real divergence too."""
+    net = unwrap_model(state.model)
+    bad = [name for name, p in net.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+    if ctx.any_rank(bool(bad)):
+        where = f" ({bad[0]}{' and others' if len(bad) > 1 else ''})" if bad else " on another rank"
+        raise TrainingDiverged(
+            f"the weights became NaN or infinite{where} in epoch {epoch} by step {state.partial.step} (train.lr "
+            f"{state.optimizer.param_groups[0]['lr']:g}; lower it); stopped without saving, so checkpoints/latest.pt still "
+            "holds the last good state"
+        )
 
 
 def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> dict:
@@ -577,7 +619,7 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
     stores = open_proposal_stores(config, training)
     fingerprints = training.fingerprints()
 
-    checkpoint = checkpoint_to_resume(run, resume, config_to_dict(config), fingerprints)
+    checkpoint = checkpoint_to_resume(run, resume, config_to_dict(config), fingerprints, show=ctx.is_main)
     if checkpoint is not None and checkpoint["epoch"] >= config.train.epochs:
         return _finished_run(run, checkpoint, config, ctx)
     if resume and checkpoint is None and ctx.is_main:
@@ -597,7 +639,9 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
     try:
         for epoch in range(state.start_epoch, config.train.epochs + 1):
             label_round = labels_of_epoch(epoch, config, ctx, state, training, stores, run, stopper)
-            if train_one_epoch(epoch, config, ctx, state, training, run.labels, stopper, after_step):
+            stopped = train_one_epoch(epoch, config, ctx, state, training, run.labels, stopper, after_step)
+            check_weights_finite(state, ctx, epoch)
+            if stopped:
                 save_state([run.latest], state, epoch - 1, config, ctx, fingerprints, time.perf_counter() - run_started)
                 if ctx.is_main:
                     print(f"stopped by signal in epoch {epoch} after step {state.partial.step}; checkpoint saved, resume with --resume", file=sys.stderr)
@@ -618,10 +662,15 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
                 entry["rank_weight_digests"] = digests
                 entry["weights_in_sync"] = len(set(digests)) == 1
             state.partial = EpochProgress()
-            best = [run.best] if is_best or val_dataset is None else []
-            save_state([run.latest] + best, state, epoch, config, ctx, fingerprints, time.perf_counter() - run_started)
+            # The log entry goes first: a process killed before the checkpoint leaves an entry of an
+            # epoch the checkpoint has not reached, which the resume's truncate_after removes; the
+            # other order would lose the entry of a checkpointed epoch for good.
             if ctx.is_main:
                 log.append(entry)
+            # best.pt only from a validated epoch: without validation there is no best.
+            save_state([run.latest] + ([run.best] if is_best else []), state, epoch, config, ctx, fingerprints,
+                       time.perf_counter() - run_started)
+            if ctx.is_main:
                 _print_epoch(entry)
     finally:
         if log is not None:
@@ -694,8 +743,10 @@ def write_summary(
 
 
 def _finished_run(run: RunDir, checkpoint: dict, config: Config, ctx: DistContext) -> dict:
-    """``--resume`` of a run that has done ``train.epochs`` already: say so, touch nothing, and
-    return its saved summary."""
+    """``--resume`` of a run that has done ``train.epochs`` already: say so and return its saved
+    summary, touching nothing. Only a run killed between its last checkpoint and its summary (none,
+    or one of fewer epochs left by an earlier finish) gets the summary written, from the checkpoint
+    and the log."""
     if ctx.is_main:
         print(f"--resume: {run.root} has finished {checkpoint['epoch']} epochs (train.epochs is {config.train.epochs}); "
               "nothing to do", file=sys.stderr, flush=True)
@@ -703,9 +754,16 @@ def _finished_run(run: RunDir, checkpoint: dict, config: Config, ctx: DistContex
         summary = json.loads(run.summary_file.read_text())
     except (OSError, ValueError):
         summary = None
-    if not isinstance(summary, dict):  # killed between the last checkpoint and the summary
-        summary = {"mode": config.train.mode, "epochs": checkpoint["epoch"], "final_val_miou": None,
-                   "best_val_miou": checkpoint.get("best_miou"), "seconds": checkpoint.get("elapsed_s"), "relabel_share": None}
+    if isinstance(summary, dict) and summary.get("epochs") == checkpoint["epoch"]:
+        return summary
+    entries = EpochLog(run.log_file).entries if run.log_file.is_file() else []
+    last = next((e for e in entries if e.get("epoch") == checkpoint["epoch"]), {})
+    relabel_all, time_all = sum(e.get("relabel_s") or 0.0 for e in entries), sum(e.get("time_s") or 0.0 for e in entries)
+    summary = {"mode": config.train.mode, "epochs": checkpoint["epoch"], "final_val_miou": last.get("val_miou"),
+               "best_val_miou": checkpoint.get("best_miou"), "per_class_iou": None, "seconds": checkpoint.get("elapsed_s"),
+               "relabel_share": relabel_all / time_all if time_all else None}
+    if ctx.is_main:
+        atomic_write_json(run.summary_file, summary)
     return summary
 
 

@@ -63,6 +63,8 @@ def test_save_and_reload_roundtrip(tmp_path):
         (["relabel.lam=nan"], r"relabel\.lam must be a finite number"),
         (["data.crop_size=1000000"], r"data\.crop_size must be at most 4096 pixels .*GB"),
         (["data.scale_max=1000"], r"data\.scale_max must be at most 8"),
+        (["model.num_classes=1"], r"model\.num_classes must be 0 \(from the dataset\) or at least 2, got 1"),
+        (["model.num_classes=-2"], r"model\.num_classes must be 0 \(from the dataset\) or at least 2, got -2"),
     ],
 )
 def test_bad_overrides_are_one_line_errors(overrides, match):

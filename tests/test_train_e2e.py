@@ -131,9 +131,12 @@ def test_resume_after_signal_matches_uninterrupted(synthetic, boxsup_run, tmp_pa
 
 
 def test_two_process_gloo_relabels_each_image_once(synthetic, tmp_path):
+    # 9 images in batches of 2: rank 0 relabels 5 (3 batches), rank 1 4 (2 batches, and an empty
+    # one to keep the per-batch stop check, a collective, in step)
     run_dir = tmp_path / "ddp"
+    extra = ["--set", f"data.train.0.limit={NUM_TRAIN - 1}", "--set", "relabel.batch_images=2"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "boxsup_ext.train"] + cli_args(synthetic, run_dir)
+               "-m", "boxsup_ext.train"] + cli_args(synthetic, run_dir, extra=extra)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -141,11 +144,11 @@ def test_two_process_gloo_relabels_each_image_once(synthetic, tmp_path):
     assert [e["epoch"] for e in log] == [1, 2]
     for entry in log:
         stats = entry["label_stats"]
-        assert stats["relabel_per_rank"] == [NUM_TRAIN // 2, NUM_TRAIN // 2]
-        assert stats["relabeled"] == NUM_TRAIN and stats["relabel_duplicates"] == 0 and stats["relabel_missing"] == 0
+        assert stats["relabel_per_rank"] == [5, 4]
+        assert stats["relabeled"] == NUM_TRAIN - 1 and stats["relabel_duplicates"] == 0 and stats["relabel_missing"] == 0
         digests = entry["rank_weight_digests"]
         assert len(digests) == 2 and digests[0] == digests[1] and entry["weights_in_sync"]
-    assert len(label_maps(run_dir)) == NUM_TRAIN
+    assert len(label_maps(run_dir)) == NUM_TRAIN - 1
 
 
 def test_fixed_baseline_and_mask_modes(synthetic, tmp_path):

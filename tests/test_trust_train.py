@@ -175,7 +175,8 @@ def test_full_disk_while_checkpointing_keeps_the_last_checkpoint(synthetic, fini
     assert f"cannot write checkpoint {latest}" in err and "previous checkpoint there is kept" in err
     assert latest.read_bytes() == before
     assert not list(latest.parent.glob(".*.tmp"))
-    assert [e["epoch"] for e in read_log(finished_copy)] == [1, 2]
+    # epoch 3 was logged before its checkpoint failed; a --resume (from epoch 2) drops that entry
+    assert [e["epoch"] for e in read_log(finished_copy)] == [1, 2, 3]
 
 
 def test_full_disk_while_logging_is_one_line(synthetic, finished_copy, capsys, monkeypatch):
@@ -332,6 +333,10 @@ def test_demo_twice_reuses_data_and_runs_and_prints_the_same_table(tmp_path, cap
     err = one_line_error(run_cli(demo_main, ["--out", str(out)] + DEMO_ARGS + ["--num-train", "7"]),
                          capsys.readouterr().err.strip())
     assert "made with other settings" in err and "num_train 6 (asked 7)" in err
+    # Other --set values: the demo's own advice (it has no --run-dir)
+    err = one_line_error(run_cli(demo_main, ["--out", str(out)] + DEMO_ARGS + ["--set", "train.lr=0.5"]),
+                         capsys.readouterr().err.strip())
+    assert "use another --out" in err and "train.lr" in err and "--run-dir" not in err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,11 @@
 included), so a lock left by a dead process is never in the way. The holder writes its pid into
 the file so a second trainer can say who holds the run. The file is removed on release; a trainer
 that locked a file removed under it (by a holder finishing at that moment) locks the new one.
+
+A forked child (a DataLoader worker) would share the lock through its copy of the descriptor and
+keep it after a SIGKILL of the trainer until it notices and exits, so the descriptor is closed in
+every child right after the fork (the parent's lock is unaffected) and is not inherited by exec.
+A lock whose recorded holder is gone anyway is waited for a few seconds.
 """
 
 from __future__ import annotations
@@ -11,11 +16,30 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
 from boxsup_ext.run_dir import RunDir
 from boxsup_ext.utils import InputError, ensure_output_dir
+
+
+# Descriptors of the locks this process holds, closed in forked children.
+_HELD: set[int] = set()
+# How long a lock whose recorded holder has exited is waited for (its forked children exiting).
+DEAD_HOLDER_WAIT_S = 10.0
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class RunLock:
@@ -28,6 +52,7 @@ class RunLock:
 
     def acquire(self) -> None:
         ensure_output_dir(self.run_dir, "run directory (--run-dir)")
+        deadline = None
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -42,6 +67,16 @@ class RunLock:
                 os.close(fd)
                 if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
+                if holder and not _alive(holder):
+                    # A trainer killed moments ago: its forked children still hold the lock until they exit.
+                    deadline = deadline if deadline is not None else time.monotonic() + DEAD_HOLDER_WAIT_S
+                    if time.monotonic() < deadline:
+                        time.sleep(0.2)
+                        continue
+                    raise InputError(
+                        f"run directory {self.run_dir} is still locked by processes left by trainer pid {holder}, which "
+                        f"has exited (its DataLoader workers?); stop them or wait for them to exit, then run again"
+                    ) from None
                 who = f"pid {holder}" if holder else "another process"
                 raise InputError(
                     f"run directory {self.run_dir} is in use by another trainer ({who}); wait for it to finish, "
@@ -50,9 +85,11 @@ class RunLock:
             if _same_file(fd, self.path):
                 break
             os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
+        os.set_inheritable(fd, False)  # os.open's default; said here because the lock depends on it
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        _HELD.add(fd)
 
     def release(self) -> None:
         if self._fd is None:
@@ -61,6 +98,7 @@ class RunLock:
             os.unlink(self.path)  # while still holding the lock, so nobody locks a file about to vanish
         except FileNotFoundError:
             pass
+        _HELD.discard(self._fd)
         os.close(self._fd)
         self._fd = None
 
@@ -78,6 +116,16 @@ def _read_pid(fd: int) -> Optional[int]:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -29,18 +29,23 @@ class EpochLog:
         self.path = Path(path)
         self.entries: list[dict] = []
         if self.path.exists():
-            self.entries = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            from boxsup_ext.run_dir import RunDir, read_log
+
+            # the run directory's one reader: a torn last line (a log written by another tool or an
+            # older version without the atomic rewrite) is dropped, other damage is one line
+            self.entries = read_log(RunDir(self.path.parent), self.path)
         self._writer = None
         if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
+            except ImportError:  # tensorboard not installed: JSONL only
+                SummaryWriter = None
+            if SummaryWriter is not None:  # an unwritable folder is the caller's error, not silence
                 self._writer = SummaryWriter(str(tensorboard_dir))
-            except Exception:  # tensorboard not installed: JSONL only
-                self._writer = None
 
     def truncate_after(self, epoch: int) -> None:
-        """Forget entries of epochs after ``epoch`` (left by a run killed before its checkpoint)."""
+        """Forget entries of epochs after ``epoch``: the trainer logs an epoch before checkpointing
+        it, so a run killed in between leaves an entry of an epoch its checkpoint has not reached."""
         self.entries = [e for e in self.entries if e.get("epoch", 0) <= epoch]
         self._write()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,13 +28,28 @@ from boxsup_ext.utils import InputError, atomic_save_torch, atomic_write
 RESUMABLE_KEYS = (
     "train.epochs",
     "data.workers",
-    "relabel.batch_images",
-    "run.device",
     "run.threads",
     "run.progress",
     "run.tensorboard",
     "run.run_dir",
 )
+# Keys a resumed run may change with a warning: the run continues, but not with the bits of an
+# uninterrupted one (on a GPU, relabel.batch_images groups images into other bf16 forward passes;
+# run.device moves the arithmetic to other hardware). run.device "auto" on other hardware is not
+# seen here.
+WARNED_KEYS = (
+    "relabel.batch_images",
+    "run.device",
+)
+
+
+class RunMismatch(InputError):
+    """A run directory holds a run of another config or other images (``--resume`` refused);
+    ``differences`` lists the config keys that differ (empty when the images do)."""
+
+    def __init__(self, message: str, differences: list[str]) -> None:
+        super().__init__(message)
+        self.differences = differences
 
 
 def capture_rng() -> dict[str, Any]:
@@ -89,37 +105,63 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of nested dicts; list items that are dicts (``data.train``) by position."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             flat.update(_flatten(value, name + "."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            flat[name] = len(value)
+            for index, item in enumerate(value):
+                flat.update(_flatten(item, f"{name}.{index}."))
         else:
             flat[name] = value
     return flat
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """Keys (other than :data:`RESUMABLE_KEYS`) whose values differ, as ``key: saved -> current``.
-    A key the saved config lacks (added to the package later) counts as its default."""
+def _normalised(saved: dict) -> dict:
+    """A saved config dict through the config loader: keys added to the package since (also those
+    of list items such as a ``data.train`` source) take their defaults. A config the loader no
+    longer accepts is compared as saved."""
+    from boxsup_ext.config import config_from_dict, config_to_dict
+
+    try:
+        return config_to_dict(config_from_dict(saved))
+    except (InputError, TypeError, ValueError):
+        return saved
+
+
+def _differing_keys(saved: dict, current: dict) -> list[str]:
     from boxsup_ext.config import Config, config_to_dict
 
-    a, b = _flatten(saved), _flatten(current)
+    a, b = _flatten(_normalised(saved)), _flatten(current)
     defaults = _flatten(config_to_dict(Config()))
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        if key in RESUMABLE_KEYS or a.get(key, defaults.get(key)) == b.get(key):
-            continue
-        diffs.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
-    return diffs
+    return [key for key in sorted(set(a) | set(b)) if a.get(key, defaults.get(key)) != b.get(key)]
 
 
-def checkpoint_to_resume(run: RunDir, resume: bool, config_dict: dict, fingerprints: list[str]) -> Optional[dict]:
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Keys (other than :data:`RESUMABLE_KEYS` and :data:`WARNED_KEYS`) whose values differ, as
+    ``key: saved -> current``. A key the saved config lacks (added to the package later) counts as
+    its default, inside ``data.train``'s sources too."""
+    a, b = _flatten(saved), _flatten(current)
+    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in _differing_keys(saved, current)
+            if key not in RESUMABLE_KEYS and key not in WARNED_KEYS]
+
+
+def inexact_resume_changes(saved: dict, current: dict) -> list[str]:
+    """The :data:`WARNED_KEYS` that differ, as ``key: saved -> current``."""
+    a, b = _flatten(saved), _flatten(current)
+    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in _differing_keys(saved, current) if key in WARNED_KEYS]
+
+
+def checkpoint_to_resume(run: RunDir, resume: bool, config_dict: dict, fingerprints: list[str], show: bool = True) -> Optional[dict]:
     """Make sure ``run`` may hold this run; returns the checkpoint to resume from, if any.
 
     A fresh run needs a run directory without another run's state. ``--resume`` needs the saved
-    config to match the current one (except :data:`RESUMABLE_KEYS`) and the checkpoint to have
-    been made on the same datasets.
+    config to match the current one (except :data:`RESUMABLE_KEYS`, and :data:`WARNED_KEYS` with a
+    warning when ``show``) and the checkpoint to have been made on the same datasets; a mismatch
+    is a :class:`RunMismatch`.
     """
     run_dir, latest = run.root, run.latest
     has_state = latest.exists() or run.record_file.exists()
@@ -134,14 +176,18 @@ def checkpoint_to_resume(run: RunDir, resume: bool, config_dict: dict, fingerpri
         saved = read_run_identity(run.record_file)
         diffs = config_differences(saved.get("config", {}), config_dict)
         if diffs:
-            raise InputError(f"run directory {run_dir} holds a run with another config ({'; '.join(diffs[:3])}); use a new --run-dir")
+            raise RunMismatch(f"run directory {run_dir} holds a run with another config ({'; '.join(diffs[:3])}); use a new --run-dir", diffs)
         if saved.get("dataset_fingerprints") != fingerprints:
-            raise InputError(f"run directory {run_dir} holds a run on other images (dataset fingerprints differ); use a new --run-dir")
+            raise RunMismatch(f"run directory {run_dir} holds a run on other images (dataset fingerprints differ); use a new --run-dir", [])
+        changed = inexact_resume_changes(saved.get("config", {}), config_dict)
+        if changed and show:
+            print(f"warning: --resume with {'; '.join(changed)}: the run continues, but not with the bits of an "
+                  "uninterrupted run", file=sys.stderr, flush=True)
     if not latest.exists():
         return None
     checkpoint = load_checkpoint(latest)
     if checkpoint.get("dataset_fingerprints") != fingerprints:
-        raise InputError(f"{latest} was trained on other images (dataset fingerprints differ); use a new --run-dir")
+        raise RunMismatch(f"{latest} was trained on other images (dataset fingerprints differ); use a new --run-dir", [])
     return checkpoint
 
 
