@@ -90,6 +90,56 @@ def test_nan_weights_after_a_finite_loss_stop_without_touching_the_checkpoints(s
     assert (snapshot(finished_copy / "checkpoints"), (finished_copy / "log.jsonl").read_bytes()) == before
 
 
+class _SkippingScaler:
+    """A GradScaler stand-in (the real one needs CUDA): skips the step of a non-finite loss."""
+
+    def __init__(self):
+        self.skipped = 0
+
+    def scale(self, loss):
+        self._finite = bool(torch.isfinite(loss.detach()))
+        return loss if self._finite else loss.detach().requires_grad_()
+
+    def step(self, optimizer):
+        if self._finite:
+            optimizer.step()
+        else:
+            self.skipped += 1
+
+    def update(self):
+        pass
+
+    def state_dict(self):
+        return {}
+
+
+def test_amp_overflow_is_left_to_the_grad_scaler(synthetic, finished_copy, capsys, monkeypatch):
+    real_build, real_loss = trainer.build_state, trainer.forward_loss
+    scaler, calls = _SkippingScaler(), []
+
+    def build_with_scaler(*args, **kwargs):
+        state = real_build(*args, **kwargs)
+        state.scaler = scaler
+        return state
+
+    def overflow_once(state, images, labels):
+        state.scaler = None  # the real forward in fp32 (CPU), then the scaler back
+        try:
+            loss = real_loss(state, images, labels)
+        finally:
+            state.scaler = scaler
+        calls.append(1)
+        return loss * float("inf") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(trainer, "build_state", build_with_scaler)
+    monkeypatch.setattr(trainer, "forward_loss", overflow_once)
+    status, err = run_train(cli_args(synthetic, finished_copy, epochs=3, extra=["--resume"]), capsys)
+    assert status == 0, err
+    assert scaler.skipped == 1
+    entry = read_log(finished_copy)[2]
+    assert entry["epoch"] == 3 and entry["loss"] is not None and entry["loss"] < float("inf")
+
+
 # ---------------------------------------------------------------------------------------------
 # Finding 9: storage errors
 
