@@ -134,14 +134,9 @@ def run_checkpoint(run: RunDir, kind: str = "final") -> tuple[Path, str]:
 def _checkpoint_finished(path: Path) -> Optional[bool]:
     """Whether a trainer checkpoint is the end of its run (None when it does not say). Loaded with
     ``weights_only=True`` (no code runs) and memory-mapped, so the weights are not read."""
-    import torch
-
     from boxsup_ext.models import load_checkpoint_file
 
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a zip checkpoint (no mmap) or not loadable: the one-line loader decides
-        checkpoint = load_checkpoint_file(path)
+    checkpoint = load_checkpoint_file(path, mmap=True)
     if not isinstance(checkpoint, dict):
         return None
     config = checkpoint.get("config")
