@@ -430,12 +430,7 @@ def changed_fraction(choices: dict[str, list[int]], previous: dict[str, list[int
 def _relabel_input(datasets: Sequence[Any], stores: dict[int, Any], image: TrainImage) -> RelabelInput:
     dataset = datasets[image.source]
     record = dataset[image.index]
-    entry = stores[image.source].get(image.image_id)
-    if (entry.height, entry.width) != (record.height, record.width):
-        raise InputError(
-            f"proposal store entry {image.image_id!r} is {entry.width}x{entry.height} but the image is "
-            f"{record.width}x{record.height}; rebuild the store for this dataset"
-        )
+    entry = stores[image.source].get(image.image_id)  # checked against the image (size, provenance) by the store
     return RelabelInput(image.image_id, dataset.load_image(image.index), entry.units, entry.members, record.boxes, record.labels)
 
 
