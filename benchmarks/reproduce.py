@@ -583,8 +583,8 @@ def recipe_variants() -> list:
     ]
 
 
-BIG_VARIANTS = ("shipped (lam 0.3, min_iou 0.5, clip)", "lam 0", "lam 3", "lam 3 + warm-up 4", "paper (lam 3, min_iou 0, no clip)",
-                "paper + warm-up 4")
+BIG_VARIANTS = ("shipped (lam 0.3, min_iou 0.5, clip)", "lam 0", "lam 3", "clip off", "shipped + warm-up 4", "lam 3 + warm-up 4",
+                "paper (lam 3, min_iou 0, no clip)", "paper + warm-up 4")
 
 
 def recipe_specs(scale: Scale, n_train: int, seeds: int, big: Optional[dict]) -> list:
