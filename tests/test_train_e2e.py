@@ -137,9 +137,11 @@ def test_two_process_gloo_relabels_each_image_once(synthetic, tmp_path):
     extra = ["--set", f"data.train.0.limit={NUM_TRAIN - 1}", "--set", "relabel.batch_images=2"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "boxsup_ext.train"] + cli_args(synthetic, run_dir, extra=extra)
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    # PYTHONFAULTHANDLER: a rank that aborts in C++ prints the Python stack it was in
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # the ranks' own output comes before torchrun's long failure summary: show both
+    assert done.returncode == 0, done.stderr[:6000] + "\n...\n" + done.stderr[-1500:]
     log = read_log(run_dir)
     assert [e["epoch"] for e in log] == [1, 2]
     for entry in log:
