@@ -130,7 +130,7 @@ class Data:
 
 def prepare_data(folder: Path, scale_num_train: int, num_val: int, size: int, methods: Sequence[str], params: dict, workers: int) -> Data:
     from boxsup_ext.data import open_dataset
-    from boxsup_ext.train_utils.synthetic_setup import prepare_synthetic
+    from boxsup_ext.proposals.synthetic_setup import prepare_synthetic
 
     setup = prepare_synthetic(folder, scale_num_train, num_val, size=size, seed=0, methods=methods, workers=workers, method_params=params)
     train = open_dataset(setup.dataset, "train", kind="synthetic")

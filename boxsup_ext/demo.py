@@ -61,8 +61,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     from boxsup_ext.config import MODES
     from boxsup_ext.train import StopRequested, train
-    from boxsup_ext.train_utils.state import RunMismatch
-    from boxsup_ext.train_utils.synthetic_setup import prepare_synthetic, store_dir
+    from boxsup_ext.training.state import RunMismatch
+    from boxsup_ext.proposals.synthetic_setup import prepare_synthetic, store_dir
 
     # Every argument is checked before anything is written.
     for name, value in (("--num-train", args.num_train), ("--num-val", args.num_val), ("--workers", args.workers)):

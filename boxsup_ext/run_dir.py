@@ -3,14 +3,14 @@
 
     config.yaml                          the resolved Config (read back with :meth:`RunDir.read_config`)
     run.json                             the config and dataset fingerprints the run belongs to
-    checkpoints/latest.pt, best.pt       checkpoints (:mod:`boxsup_ext.train_utils.state`)
+    checkpoints/latest.pt, best.pt       checkpoints (:mod:`boxsup_ext.training.state`)
     labels/<image_id>.png                the current training labels
     labels/snapshots/epoch_<NNN>/        copies of the labels after chosen epochs (for figures)
     log.jsonl                            one JSON object per epoch
     metrics/train_summary.json           once the run has finished; evaluate adds eval_<tag>.json
     tensorboard/                         TensorBoard events, when enabled
     eval/<tag>/                          evaluate's default output folder
-    .lock                                while a trainer holds the run (:mod:`boxsup_ext.train_utils.lock`)
+    .lock                                while a trainer holds the run (:mod:`boxsup_ext.training.lock`)
 """
 
 from __future__ import annotations

@@ -38,15 +38,15 @@ from boxsup_ext.config import Config, dump_config, load_config, save_config, con
 from boxsup_ext.data import TrainImage, TrainingSet, open_source, open_training_set, save_label_png
 from boxsup_ext.core import IGNORE_LABEL
 from boxsup_ext.evaluation.evaluator import ConfusionAccumulator, InferenceSettings, LabelPredictor
-from boxsup_ext.metrics import ignored_prediction_counts, miou_from_confusion
+from boxsup_ext.evaluation.metrics import ignored_prediction_counts, miou_from_confusion
 from boxsup_ext.models import IMAGENET_MEAN, IMAGENET_STD, model_from_config, model_meta, unwrap_model
 from boxsup_ext.relabel import RelabelInput, RelabelSettings, relabel_batch
 from boxsup_ext.run_dir import RunDir
-from boxsup_ext.train_utils.data import LabelledImages, epoch_batches, epoch_loader, gt_label_map, rank_slice
-from boxsup_ext.train_utils.distributed import DistContext, init_distributed, shutdown_distributed
-from boxsup_ext.train_utils.lock import RunLock
-from boxsup_ext.train_utils.logbook import EpochLog, progress
-from boxsup_ext.train_utils.state import (
+from boxsup_ext.training.data import LabelledImages, epoch_batches, epoch_loader, gt_label_map, rank_slice
+from boxsup_ext.training.distributed import DistContext, init_distributed, shutdown_distributed
+from boxsup_ext.training.lock import RunLock
+from boxsup_ext.training.logbook import EpochLog, progress
+from boxsup_ext.training.state import (
     capture_rng,
     checkpoint_to_resume,
     model_digest,

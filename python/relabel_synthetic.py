@@ -18,7 +18,7 @@ import torch
 
 from boxsup_ext.data import open_dataset
 from boxsup_ext.data.synthetic import generate
-from boxsup_ext.metrics import confusion_matrix, miou_from_confusion
+from boxsup_ext.evaluation.metrics import confusion_matrix, miou_from_confusion
 from boxsup_ext.models import build_model
 from boxsup_ext.proposals import get_method
 from boxsup_ext.relabel import RelabelInput, RelabelSettings, relabel_batch

@@ -8,7 +8,7 @@ import pytest
 from boxsup_ext import train as train_module
 from boxsup_ext.config import load_config
 from boxsup_ext.relabel import RelabelSettings, warmed_lam
-from boxsup_ext.train_utils.synthetic_setup import prepare_synthetic
+from boxsup_ext.proposals.synthetic_setup import prepare_synthetic
 from boxsup_ext.utils import InputError
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from boxsup_ext.train import main as train_main
-from boxsup_ext.train_utils.synthetic_setup import prepare_synthetic
+from boxsup_ext.proposals.synthetic_setup import prepare_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_TRAIN = 10

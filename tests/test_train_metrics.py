@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from boxsup_ext.metrics import confusion_matrix, ignored_prediction_counts, miou_from_confusion
+from boxsup_ext.evaluation.metrics import confusion_matrix, ignored_prediction_counts, miou_from_confusion
 from boxsup_ext.utils import InputError
 
 

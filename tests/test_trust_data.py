@@ -246,7 +246,7 @@ def test_class_ids_outside_the_classes_are_an_error_naming_file_and_ids(voc):
     with pytest.raises(InputError, match=rf"{re.escape(str(path))}: class map holds ids 30, 40 \(11 pixels\) outside the dataset's 21 classes"):
         dataset.load_class_map(dataset.index_of("a"))
     # Training reads ground truth through the same loader (mask mode and semi-supervised images).
-    from boxsup_ext.train_utils.data import gt_label_map
+    from boxsup_ext.training.data import gt_label_map
 
     with pytest.raises(InputError, match=r"a\.png: class map holds ids 30, 40"):
         gt_label_map(dataset, dataset.index_of("a"))

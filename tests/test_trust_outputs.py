@@ -573,7 +573,7 @@ def test_checkpoint_loader_reads_bytes(checkpoint):
 def test_save_checkpoint_errors_name_the_cause(tmp_path, monkeypatch):
     import errno
 
-    from boxsup_ext.train_utils import state
+    from boxsup_ext.training import state
 
     target = tmp_path / "latest.pt"
     cases = {

@@ -182,7 +182,7 @@ def test_full_disk_while_checkpointing_keeps_the_last_checkpoint(synthetic, fini
 def test_full_disk_while_logging_is_one_line(synthetic, finished_copy, capsys, monkeypatch):
     import errno
 
-    import boxsup_ext.train_utils.logbook as logbook
+    import boxsup_ext.training.logbook as logbook
 
     before = snapshot(finished_copy / "checkpoints")
 
@@ -355,7 +355,7 @@ class _InterruptedSamples(torch.utils.data.Dataset):
 
 
 def test_loader_workers_leave_ctrl_c_to_the_trainer():
-    from boxsup_ext.train_utils.data import epoch_loader
+    from boxsup_ext.training.data import epoch_loader
 
     loader = epoch_loader(_InterruptedSamples(), [[0, 1], [2, 3]], workers=1, seed=0, epoch=1, pin_memory=False)
     assert [batch.flatten().tolist() for batch in loader] == [[0, 1], [2, 3]]

@@ -145,7 +145,7 @@ def test_amp_overflow_is_left_to_the_grad_scaler(synthetic, finished_copy, capsy
 
 
 def test_full_disk_before_any_checkpoint_does_not_promise_a_resume(synthetic, tmp_path, capsys, monkeypatch):
-    import boxsup_ext.train_utils.logbook as logbook
+    import boxsup_ext.training.logbook as logbook
 
     def no_space(path, mode="wb"):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
@@ -171,7 +171,7 @@ def test_permission_error_outside_the_run_directory_is_not_a_storage_stop(synthe
 
 
 def test_epoch_log_drops_a_torn_last_line(tmp_path):
-    from boxsup_ext.train_utils.logbook import EpochLog
+    from boxsup_ext.training.logbook import EpochLog
 
     path = tmp_path / "log.jsonl"
     path.write_text('{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "lo')
@@ -182,7 +182,7 @@ def test_epoch_log_drops_a_torn_last_line(tmp_path):
 
 
 def test_unwritable_tensorboard_folder_is_not_silenced(tmp_path, monkeypatch):
-    from boxsup_ext.train_utils.logbook import EpochLog
+    from boxsup_ext.training.logbook import EpochLog
 
     def refuse(logdir):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), logdir)
@@ -213,7 +213,7 @@ def test_resume_with_another_relabel_batch_warns_that_it_is_not_exact(synthetic,
 
 
 def test_resume_with_another_number_of_processes_warns(synthetic, finished_copy, capsys):
-    from boxsup_ext.train_utils.distributed import DistContext
+    from boxsup_ext.training.distributed import DistContext
 
     config = trainer.resolve_config(trainer.build_arg_parser().parse_args(cli_args(synthetic, finished_copy, extra=["--resume"])))
     checkpoint = torch.load(finished_copy / "checkpoints" / "latest.pt", weights_only=True)
@@ -262,7 +262,7 @@ def test_no_best_checkpoint_without_validation(synthetic, tmp_path):
 def test_validate_uses_the_evaluators_metric_names(synthetic):
     from boxsup_ext.data import open_dataset
     from boxsup_ext.models import build_model
-    from boxsup_ext.train_utils.distributed import DistContext
+    from boxsup_ext.training.distributed import DistContext
 
     val = open_dataset(synthetic.dataset, "val", kind="synthetic")
     model = build_model("tiny_fcn", val.num_classes, width=4)
@@ -276,7 +276,7 @@ def test_validate_uses_the_evaluators_metric_names(synthetic):
 
 _FORKING_HOLDER = textwrap.dedent("""
     import os, signal, sys, time
-    from boxsup_ext.train_utils.lock import RunLock
+    from boxsup_ext.training.lock import RunLock
     RunLock(sys.argv[1]).acquire()
     child = os.fork()
     if child == 0:  # a DataLoader worker that outlives its trainer for a while (not holding the output pipes)
@@ -291,7 +291,7 @@ _FORKING_HOLDER = textwrap.dedent("""
 
 
 def test_forked_children_do_not_keep_a_killed_trainers_lock(tmp_path):
-    from boxsup_ext.train_utils.lock import RunLock
+    from boxsup_ext.training.lock import RunLock
 
     run_dir = tmp_path / "run"
     done = subprocess.run([sys.executable, "-c", _FORKING_HOLDER, str(run_dir)], cwd=REPO, capture_output=True, text=True,
@@ -310,7 +310,7 @@ def test_forked_children_do_not_keep_a_killed_trainers_lock(tmp_path):
 def test_lock_of_an_exited_holder_is_waited_for(tmp_path, monkeypatch):
     import fcntl
 
-    import boxsup_ext.train_utils.lock as lock
+    import boxsup_ext.training.lock as lock
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -346,7 +346,7 @@ def test_lock_of_an_exited_holder_is_waited_for(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_in_the_demo_is_one_line_and_says_how_to_continue(tmp_path, capsys, monkeypatch):
-    import boxsup_ext.train_utils.synthetic_setup as setup
+    import boxsup_ext.proposals.synthetic_setup as setup
     from boxsup_ext.demo import main as demo_main
 
     def stopped(config, resume=False):

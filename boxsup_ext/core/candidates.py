@@ -83,14 +83,26 @@ def masks_to_units(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         _, first, inverse = np.unique(signature[:, 0], return_index=True, return_inverse=True)
     else:
         _, first, inverse = np.unique(signature, axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    # Renumber so that unit ids follow the first pixel in raster order.
+    flat_units, first_pixel = number_in_raster_order(first, inverse)
+    units = flat_units.astype(np.int32).reshape(h, w)
+    unit_bits = masks.reshape(n, h * w)[:, first_pixel]  # [N, U]: membership of each unit
+    return units, pack_rows(unit_bits)
+
+
+def number_in_raster_order(first: np.ndarray, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The unit numbering rule: ids follow the raster order of each unit's first pixel.
+
+    Args:
+        first, inverse: ``np.unique(keys, return_index=True, return_inverse=True)``'s index of each
+            distinct key's first pixel [U] and each pixel's key number [P].
+
+    Returns:
+        (unit id of each pixel int64 [P], first pixel of each unit in id order [U]).
+    """
     order = np.argsort(first, kind="stable")
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
-    units = rank[inverse].astype(np.int32).reshape(h, w)
-    unit_bits = masks.reshape(n, h * w)[:, first[order]]  # [N, U]: membership of each unit
-    return units, pack_rows(unit_bits)
+    return rank[np.asarray(inverse).reshape(-1)], first[order]
 
 
 def unit_statistics(units: np.ndarray, num_units: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Test-time machinery: dense CRF, multi-scale/flip averaging, trimaps and the dataset evaluator."""
+"""Evaluation: confusion matrices and mIoU (``metrics``), the dataset evaluator, dense CRF,
+multi-scale/flip averaging and trimaps."""
 
 from boxsup_ext.evaluation.crf import CRFParams, dense_crf, dense_crf_many
 from boxsup_ext.evaluation.multiscale import PAPER_SCALES, multiscale_logits, parse_scales

@@ -23,7 +23,7 @@ from boxsup_ext.core import IGNORE_LABEL
 from boxsup_ext.evaluation.crf import CRFParams, dense_crf_many
 from boxsup_ext.evaluation.multiscale import multiscale_logits
 from boxsup_ext.evaluation.trimap import trimap_bands
-from boxsup_ext.metrics import confusion_matrix, miou_from_confusion
+from boxsup_ext.evaluation.metrics import confusion_matrix, miou_from_confusion
 from boxsup_ext.models import normalize_images
 from boxsup_ext.utils import InputError, OutputManifest, atomic_write_json
 from boxsup_ext.utils.outputs import MANIFEST_NAME

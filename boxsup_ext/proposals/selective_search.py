@@ -104,13 +104,7 @@ def common_refinement(segmentations: list[np.ndarray], min_unit_size: int = 0) -
     if min_unit_size > 1:
         key = _absorb_small_units(key.reshape(shape), int(min_unit_size)).reshape(-1)
     _, first, key = np.unique(key, return_index=True, return_inverse=True)
-    key = key.reshape(-1)
-    # Number units in raster order of their first pixel, for a deterministic layout.
-    order = np.argsort(first, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    flat_units = rank[key]
-    first_pixel = first[order]
+    flat_units, first_pixel = core.number_in_raster_order(first, key)
     region_of_unit = np.stack(
         [np.unique(seg.reshape(-1)[first_pixel], return_inverse=True)[1].reshape(-1).astype(np.int64) for seg in segmentations]
     )

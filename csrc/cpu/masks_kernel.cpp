@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <exception>
 #include <string>
-#include <numeric>
 #include <vector>
 
 #include "../common/checks.h"

@@ -9,7 +9,6 @@
 #include <climits>
 #include <cstring>
 #include <string>
-#include <numeric>
 #include <vector>
 
 #include "../common/checks.h"
