@@ -3,6 +3,7 @@ the trainer needs. Without ``torchrun`` everything degrades to a single process.
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
@@ -100,10 +101,19 @@ def init_distributed(device_choice: str = "auto") -> DistContext:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
+        # torch.distributed.nn binds the WORLD group in default arguments of its functions
+        # (``group=group.WORLD``) when it is first imported, and DistributedDataParallel imports it.
+        # Imported after init_process_group, it would keep the group alive past
+        # destroy_process_group: the Gloo worker threads then live into interpreter shutdown, where
+        # one that needs the GIL aborts the process ("terminate called without an active
+        # exception", SIGABRT after a finished run). Imported first, the defaults hold None.
+        importlib.import_module("torch.distributed.nn")
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistContext(rank, world_size, local_rank, device)
 
 
 def shutdown_distributed() -> None:
+    """Destroy the process group; with nothing else holding it, its communication threads end here
+    rather than during interpreter shutdown."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
