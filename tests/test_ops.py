@@ -199,6 +199,29 @@ def test_paint_labels_smaller_on_top():
     assert int((clipped == 5).sum()) == 6 and int((clipped == 0).sum()) == 30
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batched", [False, True])
+def test_unassigned_fills_the_background_left_in_the_box(device, batched):
+    """A box without a candidate marks its still-background pixels, those no region covers and
+    those a region labelled 0 covers, but never a pixel painted with another class."""
+    region = torch.zeros(6, 8, dtype=torch.bool)
+    region[:, :4] = True  # box 0's candidate, labelled 0 (background), reaches into box 1
+    other = torch.zeros(6, 8, dtype=torch.bool)
+    other[:2, 4:] = True  # box 2's candidate, labelled 9, also inside box 1
+    units, members = ops.masks_to_units(torch.stack([region, other]))
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 6.0], [2.0, 0.0, 8.0, 6.0], [4.0, 0.0, 8.0, 2.0]])
+    args = (units.to(device), members.to(device), torch.tensor([0, -1, 1]), torch.tensor([0, 5, 9]), boxes)
+    if batched:
+        out = ops.paint_labels_batched(*[[a] for a in args], clip=False, unassigned=255)[0].cpu()
+    else:
+        out = ops.paint_labels(*args, clip=False, unassigned=255).cpu()
+    want = torch.zeros(6, 8, dtype=torch.uint8)
+    want[:, 2:] = 255  # box 1's rectangle, columns 2..7: background painted by region 0 or by no region
+    want[:2, 4:] = 9
+    assert torch.equal(out, want)
+    assert torch.equal(out, ref.paint_labels(units, members, args[2], args[3], boxes, clip=False, unassigned=255))
+
+
 def test_against_pycocotools():
     from pycocotools import mask as mask_utils
 

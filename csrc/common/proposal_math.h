@@ -374,5 +374,9 @@ HOST_DEVICE_INLINE int64_t paint_rank(const int64_t* area, int64_t count, int64_
   return rank;
 }
 
+// Whether a pixel inside the box of a box without a candidate takes the `unassigned` label: only
+// while it is still background (0), whether no region covers it or one labelled 0 does.
+HOST_DEVICE_INLINE bool takes_unassigned(uint8_t painted) { return painted == 0; }
+
 }  // namespace math
 }  // namespace boxsup

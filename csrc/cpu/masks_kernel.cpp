@@ -104,7 +104,7 @@ at::Tensor paint_labels_impl(const PaintInputs& in) {
       const int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
       for (int64_t y = info[2]; y < info[3]; ++y)
         for (int64_t x = info[0]; x < info[1]; ++x)
-          if (dst[y * W + x] == 0) dst[y * W + x] = static_cast<uint8_t>(in.unassigned);
+          if (math::takes_unassigned(dst[y * W + x])) dst[y * W + x] = static_cast<uint8_t>(in.unassigned);
     }
   }
   return out;

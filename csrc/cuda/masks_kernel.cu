@@ -182,7 +182,7 @@ __global__ void paint_kernel(PaintBatch t, int64_t total_pixels) {
         label = static_cast<uint8_t>(regions[k].label);
       }
     }
-    if (best < 0 && t.unassigned >= 0) {
+    if (t.unassigned >= 0 && math::takes_unassigned(label)) {
       for (int k = 0; k < im.num_unassigned; ++k) {
         if (in_rect(regions[im.num_regions + k], x, y)) {
           label = static_cast<uint8_t>(t.unassigned);
