@@ -130,13 +130,13 @@ def test_resume_after_signal_matches_uninterrupted(synthetic, boxsup_run, tmp_pa
     assert_same_run(boxsup_run, run_dir)
 
 
-# Runs the trainer's main under torchrun, then reports the Gloo threads still alive: a process
+# Runs the trainer's command under torchrun, then reports the Gloo threads still alive: a process
 # group that outlives destroy_process_group takes them into interpreter shutdown, where a rank
 # could abort with SIGABRT after a finished run (3 of about 40 full test runs did).
 _RANK_WRAPPER = """
 import os, sys
-from boxsup_ext.train import main
-code = main(sys.argv[1:])
+from boxsup_ext.train import main, run_cli
+code = run_cli(main)  # what python -m boxsup_ext.train runs
 names = [open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task")]
 print(f"rank {os.environ['RANK']} gloo threads left: {sorted(n for n in names if 'gloo' in n)}", file=sys.stderr)
 sys.exit(code)
