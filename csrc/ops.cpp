@@ -162,11 +162,11 @@ PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& memb
     TORCH_CHECK(b.device() == units.device() || b.device().is_cpu(),
                 "boxes", where, " must be on the device of units or on the CPU, got ", b.device());
     const at::Tensor bc = host_copy(b, at::kDouble);
-    in.boxes.assign(bc.data_ptr<double>(), bc.data_ptr<double>() + bc.numel());
+    const double* box = bc.data_ptr<double>();
     in.box_info.resize(in.chosen.size() * math::kBoxInfoFields);
     for (size_t m = 0; m < in.chosen.size(); ++m) {
-      if (!math::box_is_valid(in.boxes.data() + 4 * m)) fail_box(where, static_cast<int64_t>(m), in.boxes.data() + 4 * m);
-      math::box_info(in.boxes.data() + 4 * m, in.labels.data(), static_cast<int64_t>(m), in.height, in.width,
+      if (!math::box_is_valid(box + 4 * m)) fail_box(where, static_cast<int64_t>(m), box + 4 * m);
+      math::box_info(box + 4 * m, in.labels.data(), static_cast<int64_t>(m), in.height, in.width,
                      in.box_info.data() + m * math::kBoxInfoFields);
     }
     in.clip = clip;

@@ -5,7 +5,10 @@
 #include <torch/types.h>
 
 #include <string>
+#include <tuple>
 #include <vector>
+
+#include "proposal_math.h"
 
 namespace boxsup {
 
@@ -31,18 +34,41 @@ void check_batch_args(at::TensorList units, at::TensorList members, at::TensorLi
 using CostLists = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
                              std::vector<at::Tensor>, std::vector<at::Tensor>>;
 
+// The lists of a batch from per-image results (any type with area, bbox, iou_box, iou_mask, mean_ce).
+template <typename ImageResult>
+CostLists cost_lists(const std::vector<ImageResult>& images) {
+  CostLists lists;
+  for (const ImageResult& r : images) {
+    std::get<0>(lists).push_back(r.area);
+    std::get<1>(lists).push_back(r.bbox);
+    std::get<2>(lists).push_back(r.iou_box);
+    std::get<3>(lists).push_back(r.iou_mask);
+    std::get<4>(lists).push_back(r.mean_ce);
+  }
+  return lists;
+}
+
 // Checked arguments of paint_labels: units and members on their device, the small per-box tables on
 // the host (chosen, labels and boxes may be given on the host, which saves a round trip).
 struct PaintInputs {
   at::Tensor units, members;
   std::vector<int64_t> chosen, labels;
-  std::vector<double> boxes;  // [M * 4], empty when no boxes were given
   std::vector<int64_t> box_info;  // [M * kBoxInfoFields] when boxes were given
   bool clip = false;
   int64_t unassigned = -1;  // label for the free pixels of a box without a candidate; -1: leave them
   int64_t height = 0, width = 0, num_candidates = 0, num_words = 0;
   std::string where;
 };
+// Where region m may paint: the pixels of its box when `within_box`, else the whole image.
+struct PixelRect {
+  int64_t col_begin, col_end, row_begin, row_end;
+};
+inline PixelRect paint_rect(const PaintInputs& in, size_t m, bool within_box) {
+  if (!within_box) return {0, in.width, 0, in.height};
+  const int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
+  return {info[math::kColBegin], info[math::kColEnd], info[math::kRowBegin], info[math::kRowEnd]};
+}
+
 PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& members, const at::Tensor& chosen,
                                  const at::Tensor& labels, const c10::optional<at::Tensor>& boxes, bool clip,
                                  int64_t unassigned, const std::string& where);

@@ -215,18 +215,16 @@ HOST_DEVICE_INLINE bool box_is_valid(const double* box) {
   return box[0] <= box[2] && box[1] <= box[3];
 }
 
-// What the kernels need of box m: its pixel ranges, its pixel count inside the image, and the CE
-// column it reads (the first box with the same label, so boxes of one class share one sum).
-struct BoxInfo {
-  int64_t col_begin, col_end, row_begin, row_end, pixels, slot;
-};
-constexpr int kBoxInfoFields = 6;
+// What the kernels need of box m, one row of kBoxInfoFields int64 per box: its pixel ranges, its
+// pixel count inside the image, and the CE column it reads (the first box with the same label, so
+// boxes of one class share one sum).
+enum BoxInfoField : int { kColBegin = 0, kColEnd, kRowBegin, kRowEnd, kPixels, kSlot, kBoxInfoFields };
 
 HOST_DEVICE_INLINE void box_info(const double* box, const int64_t* labels, int64_t m, int64_t height, int64_t width,
                                  int64_t* info) {
-  pixel_range(box[0], box[2], width, &info[0], &info[1]);
-  pixel_range(box[1], box[3], height, &info[2], &info[3]);
-  info[4] = (info[1] - info[0]) * (info[3] - info[2]);
+  pixel_range(box[0], box[2], width, &info[kColBegin], &info[kColEnd]);
+  pixel_range(box[1], box[3], height, &info[kRowBegin], &info[kRowEnd]);
+  info[kPixels] = (info[kColEnd] - info[kColBegin]) * (info[kRowEnd] - info[kRowBegin]);
   int64_t slot = m;
   for (int64_t k = 0; k < m; ++k) {
     if (labels[k] == labels[m]) {
@@ -234,11 +232,11 @@ HOST_DEVICE_INLINE void box_info(const double* box, const int64_t* labels, int64
       break;
     }
   }
-  info[5] = slot;
+  info[kSlot] = slot;
 }
 
 HOST_DEVICE_INLINE bool pixel_in_box(const int64_t* info, int64_t x, int64_t y) {
-  return x >= info[0] && x < info[1] && y >= info[2] && y < info[3];
+  return x >= info[kColBegin] && x < info[kColEnd] && y >= info[kRowBegin] && y < info[kRowEnd];
 }
 
 // IoU of two continuous rectangles (x0, y0, x1, y1); 0 when the union is empty.

@@ -5,12 +5,12 @@
 #include <torch/types.h>
 
 #include <algorithm>
-#include <exception>
 #include <string>
 #include <vector>
 
 #include "../common/checks.h"
 #include "../common/proposal_math.h"
+#include "for_each_image.h"
 
 namespace boxsup {
 namespace {
@@ -64,24 +64,15 @@ at::Tensor paint_labels_impl(const PaintInputs& in) {
     const int64_t u = static_cast<int64_t>(units[p]);
     if (u < 0 || u >= W64 * 64) fail_units(in.where, W64 * 64);
   }
-  // Region m is painted inside [col_begin, col_end) x [row_begin, row_end): its box when clipping.
-  std::vector<int64_t> col_begin(M, 0), col_end(M, W), row_begin(M, 0), row_end(M, H);
-  if (in.clip) {
-    for (int64_t m = 0; m < M; ++m) {
-      const int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
-      col_begin[m] = info[0];
-      col_end[m] = info[1];
-      row_begin[m] = info[2];
-      row_end[m] = info[3];
-    }
-  }
+  std::vector<PixelRect> rect(M);
+  for (int64_t m = 0; m < M; ++m) rect[m] = paint_rect(in, m, in.clip);
   // Painted area of each region (clipped to its box when clipping).
   std::vector<int64_t> area(M, 0);
   for (int64_t m = 0; m < M; ++m) {
     if (in.chosen[m] < 0) continue;
     const uint64_t* row = members + in.chosen[m] * W64;
-    for (int64_t y = row_begin[m]; y < row_end[m]; ++y)
-      for (int64_t x = col_begin[m]; x < col_end[m]; ++x) area[m] += has_unit(row, units[y * W + x], W64);
+    for (int64_t y = rect[m].row_begin; y < rect[m].row_end; ++y)
+      for (int64_t x = rect[m].col_begin; x < rect[m].col_end; ++x) area[m] += has_unit(row, units[y * W + x], W64);
   }
   const std::vector<int64_t> order = paint_order(in.chosen, area);
 
@@ -91,9 +82,9 @@ at::Tensor paint_labels_impl(const PaintInputs& in) {
   for (int64_t m : order) {
     const uint64_t* row = members + in.chosen[m] * W64;
     const uint8_t label = static_cast<uint8_t>(in.labels[m]);
-    at::parallel_for(row_begin[m], row_end[m], 16, [&](int64_t y0, int64_t y1) {
+    at::parallel_for(rect[m].row_begin, rect[m].row_end, 16, [&](int64_t y0, int64_t y1) {
       for (int64_t y = y0; y < y1; ++y)
-        for (int64_t x = col_begin[m]; x < col_end[m]; ++x)
+        for (int64_t x = rect[m].col_begin; x < rect[m].col_end; ++x)
           if (has_unit(row, units[y * W + x], W64)) dst[y * W + x] = label;
     });
   }
@@ -101,9 +92,9 @@ at::Tensor paint_labels_impl(const PaintInputs& in) {
   if (in.unassigned >= 0) {
     for (int64_t m = 0; m < M; ++m) {
       if (in.chosen[m] >= 0) continue;
-      const int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
-      for (int64_t y = info[2]; y < info[3]; ++y)
-        for (int64_t x = info[0]; x < info[1]; ++x)
+      const PixelRect box = paint_rect(in, m, true);
+      for (int64_t y = box.row_begin; y < box.row_end; ++y)
+        for (int64_t x = box.col_begin; x < box.col_end; ++x)
           if (math::takes_unassigned(dst[y * W + x])) dst[y * W + x] = static_cast<uint8_t>(in.unassigned);
     }
   }
@@ -128,19 +119,10 @@ std::vector<at::Tensor> paint_labels_batched_cpu(at::TensorList units, at::Tenso
     inputs.push_back(prepare_paint_inputs(units[b], members[b], chosen[b], labels[b], boxes[b], clip, unassigned,
                                           image_where(true, b)));
   std::vector<at::Tensor> out(B);
-  std::vector<std::exception_ptr> errors(B);
-  at::parallel_for(0, static_cast<int64_t>(B), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      try {
-        out[b] = AT_DISPATCH_INDEX_TYPES(inputs[b].units.scalar_type(), "paint_labels",
-                                         [&] { return paint_labels_impl<index_t>(inputs[b]); });
-      } catch (...) {
-        errors[b] = std::current_exception();
-      }
-    }
+  for_each_image(B, [&](size_t b) {
+    out[b] = AT_DISPATCH_INDEX_TYPES(inputs[b].units.scalar_type(), "paint_labels",
+                                     [&] { return paint_labels_impl<index_t>(inputs[b]); });
   });
-  for (const auto& error : errors)
-    if (error) std::rethrow_exception(error);
   return out;
 }
 

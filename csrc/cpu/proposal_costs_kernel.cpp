@@ -13,12 +13,12 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
-#include <exception>
 #include <string>
 #include <vector>
 
 #include "../common/checks.h"
 #include "../common/proposal_math.h"
+#include "for_each_image.h"
 
 // Compile the hot loop for AVX2 as well as the baseline ISA and pick at load time, so one build
 // runs everywhere and uses 8-wide vectors where the CPU has them.
@@ -96,7 +96,7 @@ ImageInputs prepare_image(const at::Tensor& units, const at::Tensor& members, co
     if (!math::box_is_valid(in.boxes.data() + 4 * m)) fail_box(where, m, in.boxes.data() + 4 * m);
     int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
     math::box_info(in.boxes.data() + 4 * m, in.labels.data(), m, in.height, in.width, info);
-    if (info[5] == m) in.ce_boxes.push_back(m);
+    if (info[math::kSlot] == m) in.ce_boxes.push_back(m);
   }
   return in;
 }
@@ -105,12 +105,10 @@ ImageInputs prepare_image(const at::Tensor& units, const at::Tensor& members, co
 // accumulating; row 0 stays zero, so an in-place running sum turns the rows into the exclusive
 // prefix sums math::UnitTable expects) and corners [4 * U] (four arrays).
 struct UnitStats {
-  int64_t columns = 0;
+  int64_t units = 0, columns = 0;
   std::vector<int64_t> sums;
   std::vector<int32_t> corners;
   double max_nll = 0.0;  // largest pixel NLL above the bound, 0 when none
-
-  int64_t units = 0;
 
   void init(int64_t num_units, int64_t num_columns) {
     columns = num_columns;
@@ -130,10 +128,10 @@ struct Flags {
 
 // Stage 1 over rows [row_begin, row_end) of one image.
 template <typename unit_t, typename logit_t>
-void accumulate_rows(const ImageInputs& in, int64_t num_units, int64_t row_begin, int64_t row_end, double ce_scale,
-                     double nll_bound, UnitStats& stats, Flags& flags) {
+void accumulate_rows(const ImageInputs& in, int64_t row_begin, int64_t row_end, double ce_scale, double nll_bound,
+                     UnitStats& stats, Flags& flags) {
   const int64_t H = in.height, W = in.width, C = in.num_classes, M = in.num_boxes;
-  const int64_t S = stats.columns;
+  const int64_t S = stats.columns, num_units = stats.units;
   const int64_t num_ce = static_cast<int64_t>(in.ce_boxes.size());
   const unit_t* units = in.units.data_ptr<unit_t>();
   const logit_t* logits = in.logits.data_ptr<logit_t>();
@@ -194,8 +192,8 @@ void accumulate_rows(const ImageInputs& in, int64_t num_units, int64_t row_begin
     }
     for (int64_t m = 0; m < M; ++m) {
       const int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
-      if (y < info[2] || y >= info[3]) continue;
-      for (int64_t x = info[0]; x < info[1]; ++x) {
+      if (y < info[math::kRowBegin] || y >= info[math::kRowEnd]) continue;
+      for (int64_t x = info[math::kColBegin]; x < info[math::kColEnd]; ++x) {
         const int64_t u = static_cast<int64_t>(unit_row[x]);
         if (u >= 0 && u < num_units) sums[(u + 1) * S + 1 + m] += 1;
       }
@@ -204,8 +202,8 @@ void accumulate_rows(const ImageInputs& in, int64_t num_units, int64_t row_begin
   stats.max_nll = max_nll;
 }
 
-void merge_unit_stats(UnitStats& into, const UnitStats& from, int64_t num_units) {
-  const int64_t S = into.columns;
+void merge_unit_stats(UnitStats& into, const UnitStats& from) {
+  const int64_t S = into.columns, num_units = into.units;
   at::parallel_for(0, num_units, 1024, [&](int64_t begin, int64_t end) {
     for (int64_t k = (begin + 1) * S; k < (end + 1) * S; ++k) into.sums[k] += from.sums[k];
     for (int64_t u = begin; u < end; ++u) {
@@ -219,8 +217,8 @@ void merge_unit_stats(UnitStats& into, const UnitStats& from, int64_t num_units)
 }
 
 // Rows 1..U hold per-unit sums; after this, row u holds the sum over units < u.
-void to_prefix_sums(UnitStats& stats, int64_t num_units) {
-  const int64_t S = stats.columns;
+void to_prefix_sums(UnitStats& stats) {
+  const int64_t S = stats.columns, num_units = stats.units;
   int64_t* sums = stats.sums.data();
   for (int64_t u = 1; u <= num_units; ++u)
     for (int64_t k = 0; k < S; ++k)
@@ -259,7 +257,7 @@ double unit_statistics(const ImageInputs& in, double nll_bound, UnitStats& stats
       AT_DISPATCH_INDEX_TYPES(in.units.scalar_type(), "proposal_costs_units", [&] {
         using unit_t = index_t;
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.logits.scalar_type(), "proposal_costs", [&] {
-          accumulate_rows<unit_t, scalar_t>(in, num_units, r0, r1, ce_scale, nll_bound, part, flags);
+          accumulate_rows<unit_t, scalar_t>(in, r0, r1, ce_scale, nll_bound, part, flags);
         });
       });
     }
@@ -267,7 +265,7 @@ double unit_statistics(const ImageInputs& in, double nll_bound, UnitStats& stats
   if (flags.bad_unit) fail_units(in.where, num_units);
   if (flags.bad_logit) fail_logits(in.where);
   stats = std::move(partial[0]);
-  for (int64_t w = 1; w < workers; ++w) merge_unit_stats(stats, partial[w], num_units);
+  for (int64_t w = 1; w < workers; ++w) merge_unit_stats(stats, partial[w]);
   return stats.max_nll;
 }
 
@@ -288,7 +286,7 @@ CostOutputs proposal_costs_one_image(const ImageInputs& in) {
     unit_statistics(in, nll_bound, stats);
   }
   const double ce_unscale = std::ldexp(1.0, -math::ce_exponent(in.height * in.width, nll_bound));
-  to_prefix_sums(stats, num_units);
+  to_prefix_sums(stats);
   const math::UnitTable table = stats.table();
 
   // Stage 2: fold the statistics of each candidate's units, run by run over consecutive set bits.
@@ -333,8 +331,8 @@ CostOutputs proposal_costs_one_image(const ImageInputs& in) {
       math::finalize_bbox(acc[0], corner, area + n, bbox + 4 * n, box);
       for (int64_t m = 0; m < M; ++m) {
         const int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
-        math::finalize_box(acc[0], box, acc[1 + m], acc[1 + M + info[5]], ce_unscale, in.boxes.data() + 4 * m,
-                           info[4], iou_box + n * M + m, iou_mask + n * M + m, mean_ce + n * M + m);
+        math::finalize_box(acc[0], box, acc[1 + m], acc[1 + M + info[math::kSlot]], ce_unscale, in.boxes.data() + 4 * m,
+                           info[math::kPixels], iou_box + n * M + m, iou_mask + n * M + m, mean_ce + n * M + m);
       }
     }
   });
@@ -358,29 +356,9 @@ CostLists proposal_costs_batched_cpu(at::TensorList units, at::TensorList member
   for (size_t b = 0; b < B; ++b)
     inputs.push_back(prepare_image(units[b], members[b], logits[b], boxes[b], labels[b], image_where(true, b)));
   std::vector<CostOutputs> outs(B);
-  std::vector<std::exception_ptr> errors(B);
-  // Many images: one image per worker (nested parallel_for calls run inline). One image: its rows in
-  // parallel. The error of the first failing image is the one reported, whatever the thread count.
-  at::parallel_for(0, static_cast<int64_t>(B), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      try {
-        outs[b] = proposal_costs_one_image(inputs[b]);
-      } catch (...) {
-        errors[b] = std::current_exception();
-      }
-    }
-  });
-  for (const auto& error : errors)
-    if (error) std::rethrow_exception(error);
-  CostLists result;
-  for (auto& o : outs) {
-    std::get<0>(result).push_back(o.area);
-    std::get<1>(result).push_back(o.bbox);
-    std::get<2>(result).push_back(o.iou_box);
-    std::get<3>(result).push_back(o.iou_mask);
-    std::get<4>(result).push_back(o.mean_ce);
-  }
-  return result;
+  // Many images: one per worker. One image: its rows in parallel (proposal_costs_one_image).
+  for_each_image(B, [&](size_t b) { outs[b] = proposal_costs_one_image(inputs[b]); });
+  return cost_lists(outs);
 }
 
 }  // namespace

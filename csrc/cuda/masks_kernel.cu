@@ -194,7 +194,8 @@ __global__ void paint_kernel(PaintBatch t, int64_t total_pixels) {
   }
 }
 
-std::vector<at::Tensor> paint_batch(const std::vector<PaintInputs>& inputs, int64_t unassigned) {
+// The inputs of one call share `unassigned` (prepare_paint_inputs stores it in each).
+std::vector<at::Tensor> paint_batch(const std::vector<PaintInputs>& inputs) {
   const size_t B = inputs.size();
   std::vector<at::Tensor> out(B);
   if (B == 0) return out;
@@ -219,16 +220,9 @@ std::vector<at::Tensor> paint_batch(const std::vector<PaintInputs>& inputs, int6
       for (size_t m = 0; m < in.chosen.size(); ++m) {
         if ((in.chosen[m] >= 0) != (pass == 0)) continue;
         if (pass == 1 && in.unassigned < 0) break;
-        PaintRegion r{pass == 0 ? rows + in.chosen[m] * in.num_words : nullptr, 0, in.width, 0, in.height,
-                      static_cast<int32_t>(in.labels[m])};
-        if (in.clip || pass == 1) {
-          const int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
-          r.c0 = info[0];
-          r.c1 = info[1];
-          r.r0 = info[2];
-          r.r1 = info[3];
-        }
-        regions.push_back(r);
+        const PixelRect rect = paint_rect(in, m, in.clip || pass == 1);
+        regions.push_back({pass == 0 ? rows + in.chosen[m] * in.num_words : nullptr, rect.col_begin, rect.col_end,
+                           rect.row_begin, rect.row_end, static_cast<int32_t>(in.labels[m])});
       }
       if (pass == 0) im.num_regions = static_cast<int32_t>(regions.size() - im.region_begin);
     }
@@ -256,7 +250,7 @@ std::vector<at::Tensor> paint_batch(const std::vector<PaintInputs>& inputs, int6
   uint8_t* d = static_cast<uint8_t*>(packed.data_ptr());
   PaintBatch t{reinterpret_cast<const PaintImage*>(d + image_offset), static_cast<int>(B),
                reinterpret_cast<const PaintRegion*>(d + region_offset), reinterpret_cast<unsigned long long*>(d + flag_bytes),
-               rank.data_ptr<int64_t>(), reinterpret_cast<unsigned long long*>(d), static_cast<int32_t>(unassigned)};
+               rank.data_ptr<int64_t>(), reinterpret_cast<unsigned long long*>(d), static_cast<int32_t>(inputs[0].unassigned)};
   const auto stream = at::cuda::getCurrentCUDAStream();
   region_area_kernel<<<blocks_for(pixels), kThreads, 0, stream>>>(t, pixels);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -279,7 +273,7 @@ at::Tensor paint_labels_cuda(const at::Tensor& units, const at::Tensor& members,
                              int64_t unassigned) {
   std::vector<PaintInputs> inputs{prepare_paint_inputs(units, members, chosen, labels, boxes, clip, unassigned, "")};
   const at::cuda::CUDAGuard guard(units.device());
-  return paint_batch(inputs, unassigned)[0];
+  return paint_batch(inputs)[0];
 }
 
 std::vector<at::Tensor> paint_labels_batched_cuda(at::TensorList units, at::TensorList members, at::TensorList chosen,
@@ -292,7 +286,7 @@ std::vector<at::Tensor> paint_labels_batched_cuda(at::TensorList units, at::Tens
                                           image_where(true, b)));
   if (inputs.empty()) return {};
   const at::cuda::CUDAGuard guard(units[0].device());
-  return paint_batch(inputs, unassigned);
+  return paint_batch(inputs);
 }
 
 }  // namespace

@@ -205,6 +205,7 @@ __global__ void unit_statistics_kernel(Batch t, int64_t total_pixels) {
     const int64_t* info = t.box_info + im.box_begin * math::kBoxInfoFields;
     for (int m = 0; m < max_boxes; ++m) {
       const int64_t inside = (m < my_boxes && math::pixel_in_box(info + m * math::kBoxInfoFields, x, y)) ? 1 : 0;
+      if (!__any_sync(kFullMask, inside)) continue;  // no lane in box m: nothing to add (warp-uniform)
       const int64_t sum = segmented_scan<long long>(inside, lane, start, AddOp());
       if (writer && m < my_boxes && sum > 0) atomic_add_int64(sums + (1 + m) * rows, sum);
     }
@@ -220,7 +221,8 @@ __global__ void unit_statistics_kernel(Batch t, int64_t total_pixels) {
       if (!finite) atomicMin(&t.status->bad_logit_image, static_cast<unsigned long long>(b));
     }
     for (int m = 0; m < max_boxes; ++m) {
-      const bool owns_column = m < my_boxes && info[m * math::kBoxInfoFields + 5] == m;
+      const bool owns_column = m < my_boxes && info[m * math::kBoxInfoFields + math::kSlot] == m;
+      if (!__any_sync(kFullMask, owns_column)) continue;  // box m shares an earlier box's column (warp-uniform)
       int64_t fixed = 0;
       if (owns_column && finite) {
         const int64_t label = t.labels[im.box_begin + m];
@@ -333,8 +335,8 @@ __global__ void fold_candidates_kernel(Batch t, int64_t total_candidates) {
     }
     for (int64_t m = lane; m < M; m += 32) {
       const int64_t* info = t.box_info + (im.box_begin + m) * math::kBoxInfoFields;
-      math::finalize_box(count, box, folded[1 + m], folded[1 + M + info[5]], im.ce_unscale,
-                         t.boxes + 4 * (im.box_begin + m), info[4], im.iou_box + n * M + m, im.iou_mask + n * M + m,
+      math::finalize_box(count, box, folded[1 + m], folded[1 + M + info[math::kSlot]], im.ce_unscale,
+                         t.boxes + 4 * (im.box_begin + m), info[math::kPixels], im.iou_box + n * M + m, im.iou_mask + n * M + m,
                          im.mean_ce + n * M + m);
     }
     __syncwarp();  // the next candidate's lane-0 writes go to another row, but keep lanes together
@@ -571,15 +573,7 @@ CostLists run_images(std::vector<CudaImage>& images) {
     if (!run_group(images, first, last)) TORCH_CHECK(run_group(images, first, last), "proposal_costs: CE bound not met");
     first = last;
   }
-  CostLists result;
-  for (CudaImage& in : images) {
-    std::get<0>(result).push_back(in.area);
-    std::get<1>(result).push_back(in.bbox);
-    std::get<2>(result).push_back(in.iou_box);
-    std::get<3>(result).push_back(in.iou_mask);
-    std::get<4>(result).push_back(in.mean_ce);
-  }
-  return result;
+  return cost_lists(images);
 }
 
 CostLists proposal_costs_batched_cuda(at::TensorList units, at::TensorList members, at::TensorList logits,
