@@ -193,23 +193,21 @@ def run_config(spec: RunSpec, data: Data, run_dir: Path, threads: int):
 EXTRA_OVERRIDES: list = []
 
 
-def read_log(run_dir: Path) -> list:
-    path = run_dir / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
 def execute(spec: RunSpec, data: Data, out: Path, threads: int, subprocess_mode: bool) -> dict:
     """Train (or reuse / resume) one run and evaluate it; returns its result row."""
     from boxsup_ext.config import save_config
 
+    from boxsup_ext.run_dir import RunDir, read_log
+
     run_dir = out / "runs" / spec.row / f"seed{spec.seed}"
-    summary_file = run_dir / "metrics" / "train_summary.json"
+    run = RunDir(run_dir)
+    summary_file = run.summary_file
     config = run_config(spec, data, run_dir, threads)
     started = time.perf_counter()
     reused = summary_file.exists() and json.loads(summary_file.read_text()).get("epochs") == spec.epochs
     if not reused:
         run_dir.mkdir(parents=True, exist_ok=True)
-        resume = (run_dir / "run.json").exists()
+        resume = run.record_file.exists()
         if subprocess_mode:
             config_file = run_dir.parent / f"seed{spec.seed}.yaml"
             save_config(config, config_file)
@@ -224,7 +222,7 @@ def execute(spec: RunSpec, data: Data, out: Path, threads: int, subprocess_mode:
 
             train(config, resume=resume)
     summary = json.loads(summary_file.read_text())
-    log = read_log(run_dir)
+    log = read_log(run.log_file) if run.log_file.exists() else []
     label = [e for e in log if e.get("label_miou") is not None]
     row = {
         "row": spec.row, "mode": spec.mode, "seed": spec.seed, "n_mask": spec.n_mask, "n_box": spec.n_box,

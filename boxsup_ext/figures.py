@@ -177,7 +177,7 @@ def training_curves(run_dirs: Sequence[Path], names: Sequence[str], out: Path, d
     are left out of that panel. Returns how many points each panel drew.
     """
     plt = _pyplot()
-    logs = [read_log(RunDir(run_dir)) for run_dir in run_dirs]
+    logs = [read_log(RunDir(run_dir).log_file) for run_dir in run_dirs]
     fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(4.0 * len(CURVE_PANELS), 3.2), squeeze=False)
     drawn: dict[str, int] = {}
     for ax, (key, title, factor) in zip(axes[0], CURVE_PANELS):

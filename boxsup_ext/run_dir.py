@@ -158,10 +158,10 @@ def run_data_source(run: RunDir, which: str = "val") -> Any:
     return source
 
 
-def read_log(run: RunDir, path: Optional[Path] = None) -> list[dict[str, Any]]:
-    """The per-epoch records of ``log.jsonl`` (one JSON object per line; ``path`` instead of the
-    run's ``log.jsonl`` when given), in file order. A torn last line is dropped."""
-    path = run.log_file if path is None else Path(path)
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run's ``log.jsonl`` (``RunDir.log_file``; one JSON object per
+    line), in file order. A torn last line is dropped."""
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} does not exist; give a run directory the trainer has logged to")
     try:

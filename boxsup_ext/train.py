@@ -41,7 +41,7 @@ from boxsup_ext.evaluation.evaluator import ConfusionAccumulator, InferenceSetti
 from boxsup_ext.evaluation.metrics import ignored_prediction_counts, miou_from_confusion
 from boxsup_ext.models import IMAGENET_MEAN, IMAGENET_STD, model_from_config, model_meta, unwrap_model
 from boxsup_ext.relabel import RelabelInput, RelabelSettings, relabel_batch
-from boxsup_ext.run_dir import RunDir
+from boxsup_ext.run_dir import RunDir, read_log
 from boxsup_ext.training.data import LabelledImages, epoch_batches, epoch_loader, gt_label_map, rank_slice
 from boxsup_ext.training.distributed import DistContext, init_distributed, shutdown_distributed
 from boxsup_ext.training.lock import RunLock
@@ -302,21 +302,20 @@ class LabelScore:
     """The relabeled images' labels against their ground truth, where the dataset has it: the
     evaluator's :class:`ConfusionAccumulator` plus the ground-truth pixels the labels leave as ignore."""
 
-    confusion: np.ndarray
+    confusion: ConfusionAccumulator
     ignored: np.ndarray  # ground-truth pixels the labels leave as ignore, all ground-truth pixels
 
     @classmethod
     def empty(cls, num_classes: int) -> "LabelScore":
-        return cls(ConfusionAccumulator(num_classes).total, np.zeros(2, dtype=np.int64))
+        return cls(ConfusionAccumulator(num_classes), np.zeros(2, dtype=np.int64))
 
     def add(self, label: np.ndarray, gt: np.ndarray) -> None:
-        scores = ConfusionAccumulator(self.confusion.shape[0])
-        scores.add(label, gt)
-        self.confusion += scores.total
-        self.ignored += ignored_prediction_counts(label, gt, scores.num_classes)
+        self.confusion.add(label, gt)
+        self.ignored += ignored_prediction_counts(label, gt, self.confusion.num_classes)
 
-    def summed(self, ctx: DistContext) -> "LabelScore":
-        return LabelScore(ctx.sum_array(self.confusion), ctx.sum_array(self.ignored))
+    def summed(self, ctx: DistContext) -> tuple[np.ndarray, np.ndarray]:
+        """(confusion matrix, ignored counts) summed over ranks."""
+        return ctx.sum_array(self.confusion.total), ctx.sum_array(self.ignored)
 
 
 def prepare_labels(
@@ -334,11 +333,13 @@ def prepare_labels(
     choices, tally, score = relabel_images(
         ctx.shard(box_images), epoch, settings, config, ctx, model, training.datasets, stores, labels_dir, stopper, rounds
     )
-    relabeled = ctx.gather_objects(sorted(choices))
+    parts = ctx.gather_objects(choices)  # every rank's {image id: chosen candidates}
+    relabeled = [sorted(part) for part in parts]
     merged: dict[str, list[int]] = {}
-    for part in ctx.gather_objects(choices):
+    for part in parts:
         merged.update(part)
-    tally, score = tally.summed(ctx), score.summed(ctx)
+    tally = tally.summed(ctx)
+    confusion, ignored = score.summed(ctx)
     ctx.barrier()  # every label file is on disk before anyone trains on it
 
     all_ids = [image_id for part in relabeled for image_id in part]
@@ -350,10 +351,10 @@ def prepare_labels(
         "masks_written": len(mask_images),
         **tally.stats(),
         # label_miou judges the labelled pixels only; this is the share of the truth it leaves out
-        "label_ignore_share": float(score.ignored[0] / score.ignored[1]) if score.ignored[1] else None,
+        "label_ignore_share": float(ignored[0] / ignored[1]) if ignored[1] else None,
         "changed_fraction": changed_fraction(merged, label_state.get("choices", {})),
     }
-    label_miou = miou_from_confusion(score.confusion)[0] if score.confusion.sum() else None
+    label_miou = miou_from_confusion(confusion)[0] if confusion.sum() else None
     return LabelRound(time.perf_counter() - start, stats, label_miou, merged)
 
 
@@ -385,20 +386,17 @@ def write_mask_labels(
 
 def relabel_images(
     images: Sequence[TrainImage], epoch: int, settings: RelabelSettings, config: Config, ctx: DistContext, model: nn.Module,
-    datasets: Sequence[Any], stores: dict[int, Any], labels_dir: Path, stopper: Stopper, rounds: Optional[int] = None,
+    datasets: Sequence[Any], stores: dict[int, Any], labels_dir: Path, stopper: Stopper, rounds: int,
 ) -> tuple[dict[str, list[int]], LabelTally, LabelScore]:
     """Relabel this rank's box images in batches of ``relabel.batch_images``, writing their label
     PNGs; returns the chosen candidates per image, the tally and the score against ground truth.
 
     ``rounds``: the number of batches to run, the same on every rank (each one checks for a stop
-    with a collective), so a rank with a smaller share runs empty batches at the end; default: as
-    many as this rank's share needs."""
+    with a collective), so a rank with a smaller share runs empty batches at the end."""
     net = unwrap_model(model)
     choices: dict[str, list[int]] = {}
     tally, score = LabelTally(), LabelScore.empty(net.num_classes)
     batch_size = config.relabel.batch_images
-    if rounds is None:
-        rounds = math.ceil(len(images) / batch_size)
     was_training = net.training
     net.eval()
     for first in progress(range(0, rounds * batch_size, batch_size), config.run.progress and ctx.is_main, desc=f"relabel {epoch}"):
@@ -721,17 +719,21 @@ def write_summary(
 ) -> dict:
     """The run summary (rank 0 writes ``metrics/train_summary.json``): last and best validation
     mIoU, seconds over all resumes, the relabel share of the logged epochs' time."""
-    entries = log.entries if log is not None else []
+    return _save_summary(
+        run, ctx, config.train.mode, config.train.epochs, log.entries if log is not None else [],
+        final=val_result["miou"] if val_result else None, best=state.best_miou,
+        per_class=val_result["per_class_iou"] if val_result else None, seconds=state.elapsed_before + seconds,
+    )
+
+
+def _save_summary(
+    run: RunDir, ctx: DistContext, mode: str, epochs: int, entries: Sequence[dict], final: Optional[float],
+    best: Optional[float], per_class: Optional[list], seconds: Optional[float],
+) -> dict:
+    """The summary's one layout (rank 0 writes it); the relabel share comes from the log ``entries``."""
     relabel_all, time_all = sum(e.get("relabel_s") or 0.0 for e in entries), sum(e.get("time_s") or 0.0 for e in entries)
-    summary = {
-        "mode": config.train.mode,
-        "epochs": config.train.epochs,
-        "final_val_miou": val_result["miou"] if val_result else None,
-        "best_val_miou": state.best_miou,
-        "per_class_iou": val_result["per_class_iou"] if val_result else None,
-        "seconds": state.elapsed_before + seconds,
-        "relabel_share": relabel_all / time_all if time_all else None,
-    }
+    summary = {"mode": mode, "epochs": epochs, "final_val_miou": final, "best_val_miou": best, "per_class_iou": per_class,
+               "seconds": seconds, "relabel_share": relabel_all / time_all if time_all else None}
     if ctx.is_main:
         atomic_write_json(run.summary_file, summary)
     return summary
@@ -751,15 +753,10 @@ def _finished_run(run: RunDir, checkpoint: dict, config: Config, ctx: DistContex
         summary = None
     if isinstance(summary, dict) and summary.get("epochs") == checkpoint["epoch"]:
         return summary
-    entries = EpochLog(run.log_file).entries if run.log_file.is_file() else []
+    entries = read_log(run.log_file) if run.log_file.is_file() else []
     last = next((e for e in entries if e.get("epoch") == checkpoint["epoch"]), {})
-    relabel_all, time_all = sum(e.get("relabel_s") or 0.0 for e in entries), sum(e.get("time_s") or 0.0 for e in entries)
-    summary = {"mode": config.train.mode, "epochs": checkpoint["epoch"], "final_val_miou": last.get("val_miou"),
-               "best_val_miou": checkpoint.get("best_miou"), "per_class_iou": None, "seconds": checkpoint.get("elapsed_s"),
-               "relabel_share": relabel_all / time_all if time_all else None}
-    if ctx.is_main:
-        atomic_write_json(run.summary_file, summary)
-    return summary
+    return _save_summary(run, ctx, config.train.mode, checkpoint["epoch"], entries, final=last.get("val_miou"),
+                         best=checkpoint.get("best_miou"), per_class=None, seconds=checkpoint.get("elapsed_s"))
 
 
 def _print_epoch(entry: dict) -> None:

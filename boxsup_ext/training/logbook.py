@@ -29,11 +29,11 @@ class EpochLog:
         self.path = Path(path)
         self.entries: list[dict] = []
         if self.path.exists():
-            from boxsup_ext.run_dir import RunDir, read_log
+            from boxsup_ext.run_dir import read_log
 
             # the run directory's one reader: a torn last line (a log written by another tool or an
             # older version without the atomic rewrite) is dropped, other damage is one line
-            self.entries = read_log(RunDir(self.path.parent), self.path)
+            self.entries = read_log(self.path)
         self._writer = None
         if tensorboard_dir is not None:
             try:
