@@ -165,3 +165,14 @@ def test_store_reports_missing_damaged_and_foreign_files(dataset, tmp_path):
     (tmp_path / "s" / "manifest.json").write_text("{not json")
     with pytest.raises(InputError, match="unreadable store manifest"):
         ProposalStore(tmp_path / "s")
+
+
+def test_proposal_eval_takes_an_entry_of_an_image_without_pixels():
+    """An image of size 0 has no units and 0-word member rows (``core.masks_to_units``); the
+    candidates' boxes are empty and their overlaps 0 (this raised on the old clamp to one unit)."""
+    from boxsup_ext.proposals.evaluate import candidate_boxes, mask_best_overlaps
+    from boxsup_ext.proposals.store import ProposalEntry
+
+    entry = ProposalEntry(np.zeros((0, 5), np.int32), np.zeros((3, 0), np.int64), np.zeros(3, np.float32), 0, 5)
+    assert np.array_equal(candidate_boxes(entry), np.zeros((3, 4)))
+    assert np.array_equal(mask_best_overlaps(entry, np.zeros((2, 0, 5), bool)), np.zeros(2))

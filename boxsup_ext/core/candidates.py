@@ -150,11 +150,12 @@ class Candidates:
             raise ValueError(f"units must be an integer map{expected or ' [H, W]'}, got {units.dtype} {units.shape}")
         if units.size and units.min() < 0:
             raise ValueError(f"units must be >= 0, found {units.min()}")
-        if units.size and units.max() > np.iinfo(np.int32).max:
-            raise ValueError(f"unit ids must fit int32, found {units.max()}")
+        count = unit_count(units)  # one pass over the map, for both checks below
+        if count - 1 > np.iinfo(np.int32).max:
+            raise ValueError(f"unit ids must fit int32, found {count - 1}")
         if members.ndim != 2 or members.dtype != np.int64:
             raise ValueError(f"members must be int64 [N, W64], got {members.dtype} {members.shape}")
-        needed = num_words(unit_count(units))
+        needed = num_words(count)
         if members.shape[1] < needed:
             raise ValueError(f"members has {members.shape[1]} words per row, {needed} needed for the units")
         object.__setattr__(self, "units", units.astype(np.int32, copy=False))

@@ -147,10 +147,6 @@ def load_model_from_checkpoint(
     Returns ``(model, meta)``: the model in eval mode on ``map_location`` with its weights loaded,
     and the checkpoint's ``model_meta`` dict (see :func:`model_meta`).
     """
-    if not isinstance(path, (bytes, bytearray, memoryview)):
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"checkpoint {path} does not exist; give a run's checkpoints/best.pt or latest.pt")
     checkpoint = read_model_checkpoint(path, name=name)  # on the CPU: the device is the model's business, below
     meta = checkpoint["model_meta"]
     model = build_model(meta["name"], meta["num_classes"], **meta.get("kwargs", {}))
@@ -182,7 +178,7 @@ def read_model_checkpoint(path: Union[str, Path, bytes], what: str = "checkpoint
     else:
         path = label = Path(path)
         if not path.is_file():
-            raise InputError(f"{what} {path} does not exist")
+            raise InputError(f"{what} {path} does not exist; give a trainer checkpoint (a run's checkpoints/best.pt or latest.pt)")
     checkpoint = load_checkpoint_file(path, name=str(label))
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) or "model_meta" not in checkpoint:
         raise InputError(f"{what} {label} lacks 'model'/'model_meta'; it was not written by boxsup_ext.train")

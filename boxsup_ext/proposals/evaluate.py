@@ -23,7 +23,7 @@ def mask_best_overlaps(entry: ProposalEntry, masks: np.ndarray) -> np.ndarray:
         return np.zeros(0)
     if entry.num_candidates == 0:
         return np.zeros(masks.shape[0])
-    num_units = max(entry.num_units, 1)
+    num_units = entry.num_units
     unit_bits = core.unpack_rows(entry.members, num_units).astype(np.float64)  # [N, U]
     unit_area = np.bincount(entry.units.reshape(-1), minlength=num_units).astype(np.float64)
     k = masks.shape[0]
@@ -37,14 +37,14 @@ def mask_best_overlaps(entry: ProposalEntry, masks: np.ndarray) -> np.ndarray:
 
 def candidate_boxes(entry: ProposalEntry) -> np.ndarray:
     """Tight boxes float64 [N, 4] (x0, y0, x1, y1), half-open pixel units; empty candidates give zeros."""
-    num_units = max(entry.num_units, 1)
+    num_units = entry.num_units
     unit_bits = core.unpack_rows(entry.members, num_units)
     _, unit_box = core.unit_statistics(entry.units, num_units)
     unit_box = unit_box.astype(np.int32)
     big = np.iinfo(np.int32).max
     boxes = np.stack(
-        [np.where(unit_bits, unit_box[:, c], big).min(axis=1) for c in (0, 1)]
-        + [np.where(unit_bits, unit_box[:, c], -1).max(axis=1) for c in (2, 3)],
+        [np.where(unit_bits, unit_box[:, c], big).min(axis=1, initial=big) for c in (0, 1)]
+        + [np.where(unit_bits, unit_box[:, c], -1).max(axis=1, initial=-1) for c in (2, 3)],
         axis=1,
     ).astype(np.float64)
     boxes[(boxes[:, 2:] <= boxes[:, :2]).any(axis=1)] = 0.0

@@ -121,7 +121,7 @@ def read_entry(path: Path) -> ProposalEntry:
             scores = data["scores"]
             size = data["size"]
             seconds = float(data["seconds"])
-            provenance = json.loads(str(data["provenance"])) if "provenance" in data.files else {}
+            provenance = _stored_provenance(data)
     except FileNotFoundError:
         raise InputError(f"{path}: proposal entry not found; run `python -m boxsup_ext.proposals generate` for this store (it resumes)") from None
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, EOFError) as err:
@@ -241,8 +241,7 @@ class ProposalStore:
         key = (image_id, json.dumps(entry.provenance, sort_keys=True))
         if key in self._current:
             return entry
-        current = image_provenance(self._dataset, index, self.depends_on)
-        changed = [name for name in self.depends_on if entry.provenance.get(name) != current[name]]
+        changed = stale_dependencies(entry.provenance, self._dataset, index, self.depends_on)
         if changed:
             what = " and ".join("boxes" if name == "boxes" else "image file" for name in changed)
             raise InputError(
@@ -306,12 +305,22 @@ def _is_current(path: Path, dataset, index: int, depends_on: list[str]) -> bool:
         return False
     try:
         with np.load(path, allow_pickle=False) as data:
-            stored = json.loads(str(data["provenance"])) if "provenance" in data.files else {}
+            stored = _stored_provenance(data)
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError, EOFError):
         return False  # unreadable: make it again
-    if not isinstance(stored, dict):
-        return False
-    return all(stored.get(name) == digest for name, digest in image_provenance(dataset, index, depends_on).items())
+    return isinstance(stored, dict) and not stale_dependencies(stored, dataset, index, depends_on)
+
+
+def _stored_provenance(data) -> Any:
+    """An entry's provenance (the digests it was made from) as stored; {} for an entry without one."""
+    return json.loads(str(data["provenance"])) if "provenance" in data.files else {}
+
+
+def stale_dependencies(stored: dict, dataset, index: int, depends_on: list[str]) -> list[str]:
+    """The dependencies (``boxes``, ``image``) of image ``index`` whose current digest differs from
+    the ``stored`` provenance of its entry: empty when the entry is current."""
+    current = image_provenance(dataset, index, depends_on)
+    return [name for name in depends_on if stored.get(name) != current[name]]
 
 
 def _json_safe(params: dict[str, Any]) -> dict[str, Any]:
