@@ -480,18 +480,21 @@ def train_one_epoch(
         loss = forward_loss(state, images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True))
         loss_value = float(loss.detach())
         finite = math.isfinite(loss_value)
-        # Under AMP a non-finite loss is an fp16 overflow: the GradScaler skips that step and lowers its scale.
-        if state.scaler is None and ctx.any_rank(not finite):
-            raise TrainingDiverged(
-                f"the training loss is {loss_value} at epoch {epoch} step {partial.step + 1} (train.lr "
-                f"{state.optimizer.param_groups[0]['lr']:g}; lower it); stopped without saving, so "
-                "checkpoints/latest.pt still holds the last good state"
-            )
         backward_step(state, loss)
         partial.step += 1
         partial.loss_sum += loss_value if finite else 0.0
         after_step(epoch, partial.step)
-        if ctx.any_rank(stopper.requested) and partial.step < len(batches):
+        # One collective per step for both questions. Under AMP a non-finite loss is an fp16
+        # overflow: the GradScaler skipped that step and lowered its scale. Without AMP the update
+        # just taken is poisoned, but nothing of it is saved.
+        diverged, stop = ctx.any_ranks(state.scaler is None and not finite, stopper.requested)
+        if diverged:
+            raise TrainingDiverged(
+                f"the training loss is {loss_value} at epoch {epoch} step {partial.step} (train.lr "
+                f"{state.optimizer.param_groups[0]['lr']:g}; lower it); stopped without saving, so "
+                "checkpoints/latest.pt still holds the last good state"
+            )
+        if stop and partial.step < len(batches):
             partial.seconds += time.perf_counter() - started
             return True
     partial.seconds += time.perf_counter() - started

@@ -52,11 +52,15 @@ class DistContext:
 
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on at least one."""
+        return self.any_ranks(flag)[0]
+
+    def any_ranks(self, *flags: bool) -> tuple[bool, ...]:
+        """:meth:`any_rank` of each flag, in one collective."""
         if not self.distributed:
-            return flag
-        tensor = torch.tensor([1.0 if flag else 0.0], device=self._comm_device())
+            return tuple(bool(flag) for flag in flags)
+        tensor = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=self._comm_device())
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return bool(tensor.item() > 0)
+        return tuple(bool(value > 0) for value in tensor.tolist())
 
     def gather_objects(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` (picklable), in rank order, on every rank."""
