@@ -17,7 +17,6 @@ next batch boundary before exiting. One trainer at a time holds a run directory 
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import math
 import os
@@ -55,13 +54,13 @@ from boxsup_ext.training.state import (
     write_run_identity,
 )
 from boxsup_ext.utils import InputError, atomic_write_bytes, atomic_write_json, ensure_output_dir, run_cli
+from boxsup_ext.utils.errors import STORAGE_ERRNOS
 
 # Test hook: "EPOCH:STEP[:SIGNAL]" makes the process send itself SIGNAL (default SIGKILL; e.g.
 # SIGTERM, SIGINT, SIGSTOP) right after that training step.
 FAULT_ENV = "BOXSUP_FAULT_AT"
 RELABELED_MODES = ("boxsup", "boxsup_greedy")
 # Failures of the run directory's storage rather than of the program: one line, not a traceback.
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class StopRequested(Exception):
@@ -567,7 +566,7 @@ def train(config: Config, resume: bool = False) -> dict:
             ensure_output_dir(run_dir, "run directory (--run-dir)")
         return _train(config, resume, ctx, stopper)
     except OSError as err:
-        if err.errno not in _STORAGE_ERRNOS or (err.filename is not None and not _is_under(err.filename, run_dir)):
+        if err.errno not in STORAGE_ERRNOS or (err.filename is not None and not _is_under(err.filename, run_dir)):
             raise
         # A full disk or a run directory that became unwritable mid-run: checkpoints are written
         # atomically, so the last one is whole.

@@ -23,6 +23,7 @@ import torch
 from boxsup_ext.models import load_checkpoint_file
 from boxsup_ext.run_dir import RunDir
 from boxsup_ext.utils import InputError, atomic_save_torch, atomic_write
+from boxsup_ext.utils.errors import FULL_DISK_ERRNOS
 
 # Config keys a resumed run may change: they affect speed and display, not the results.
 RESUMABLE_KEYS = (
@@ -83,8 +84,6 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     try:
         atomic_save_torch(checkpoint, path)
     except (OSError, RuntimeError) as err:
-        import errno
-
         from boxsup_ext.models import is_torch_archive_error
 
         # torch's zip writer reports a short write as "[enforce fail at inline_container.cc] unexpected pos";
@@ -92,7 +91,7 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
         if isinstance(err, RuntimeError) and not is_torch_archive_error(err):
             raise
         reason = (err.strerror or str(err)) if isinstance(err, OSError) else "it could not be written in full"
-        full = not isinstance(err, OSError) or err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG)
+        full = not isinstance(err, OSError) or err.errno in FULL_DISK_ERRNOS
         kept = "the previous checkpoint there is kept" if Path(path).exists() else "nothing was written"
         raise InputError(f"cannot write checkpoint {path} ({reason}){'; is the disk full?' if full else ';'} {kept}") from None
 

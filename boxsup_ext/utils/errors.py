@@ -7,8 +7,14 @@ error into one line on stderr and exit status 2 instead of a traceback.
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Callable, Optional, Sequence
+
+# OSError numbers of a full disk or quota (or a file too large for its filesystem) ...
+FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})
+# ... and of any storage that refuses writes (also read-only or forbidden).
+STORAGE_ERRNOS = FULL_DISK_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class InputError(ValueError):
