@@ -131,27 +131,22 @@ def _normalised(saved: dict) -> dict:
         return saved
 
 
-def _differing_keys(saved: dict, current: dict) -> list[str]:
+def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """The keys whose values differ between a run's saved config and the current one, as
+    ``key: saved -> current``: (refused: all but :data:`RESUMABLE_KEYS` and :data:`WARNED_KEYS`;
+    warned: the :data:`WARNED_KEYS`). A key the saved config lacks (added to the package later)
+    counts as its default, inside ``data.train``'s sources too."""
     from boxsup_ext.config import Config, config_to_dict
 
     a, b = _flatten(_normalised(saved)), _flatten(current)
     defaults = _flatten(config_to_dict(Config()))
-    return [key for key in sorted(set(a) | set(b)) if a.get(key, defaults.get(key)) != b.get(key)]
-
-
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """Keys (other than :data:`RESUMABLE_KEYS` and :data:`WARNED_KEYS`) whose values differ, as
-    ``key: saved -> current``. A key the saved config lacks (added to the package later) counts as
-    its default, inside ``data.train``'s sources too."""
-    a, b = _flatten(saved), _flatten(current)
-    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in _differing_keys(saved, current)
-            if key not in RESUMABLE_KEYS and key not in WARNED_KEYS]
-
-
-def inexact_resume_changes(saved: dict, current: dict) -> list[str]:
-    """The :data:`WARNED_KEYS` that differ, as ``key: saved -> current``."""
-    a, b = _flatten(saved), _flatten(current)
-    return [f"{key}: {a.get(key)!r} -> {b.get(key)!r}" for key in _differing_keys(saved, current) if key in WARNED_KEYS]
+    refused, warned = [], []
+    for key in sorted(set(a) | set(b)):
+        before = a.get(key, defaults.get(key))
+        if before == b.get(key) or key in RESUMABLE_KEYS:
+            continue
+        (warned if key in WARNED_KEYS else refused).append(f"{key}: {before!r} -> {b.get(key)!r}")
+    return refused, warned
 
 
 def checkpoint_to_resume(run: RunDir, resume: bool, config_dict: dict, fingerprints: list[str], show: bool = True) -> Optional[dict]:
@@ -173,12 +168,11 @@ def checkpoint_to_resume(run: RunDir, resume: bool, config_dict: dict, fingerpri
         return None
     if run.record_file.exists():
         saved = read_run_identity(run.record_file)
-        diffs = config_differences(saved.get("config", {}), config_dict)
+        diffs, changed = config_changes(saved.get("config", {}), config_dict)
         if diffs:
             raise RunMismatch(f"run directory {run_dir} holds a run with another config ({'; '.join(diffs[:3])}); use a new --run-dir", diffs)
         if saved.get("dataset_fingerprints") != fingerprints:
             raise RunMismatch(f"run directory {run_dir} holds a run on other images (dataset fingerprints differ); use a new --run-dir", [])
-        changed = inexact_resume_changes(saved.get("config", {}), config_dict)
         if changed and show:
             print(f"warning: --resume with {'; '.join(changed)}: the run continues, but not with the bits of an "
                   "uninterrupted run", file=sys.stderr, flush=True)
