@@ -159,14 +159,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "table.txt": (table + "\n").encode(),
     }
     if widths:
-        import tempfile
+        from boxsup_ext.figures import figure_png, trimap_figure
 
-        from boxsup_ext.figures import trimap_plot
-
-        with tempfile.TemporaryDirectory(prefix="boxsup-trimap-") as scratch:
-            plot = Path(scratch) / "trimap.png"
-            trimap_plot([results], [run.name if run is not None else Path(checkpoint).stem], plot)
-            files["trimap.png"] = plot.read_bytes()
+        fig, _ = trimap_figure([results], [run.name if run is not None else Path(checkpoint).stem])
+        files["trimap.png"] = figure_png(fig, dpi=100)
     try:
         outputs.write_files(files)  # their hashes reach the manifest before the files do
     finally:

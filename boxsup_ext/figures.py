@@ -42,13 +42,18 @@ def _pyplot():
     return plt
 
 
-def save_figure(fig: Any, path: Path, dpi: int) -> None:
-    """Write a matplotlib figure as PNG through a temporary file, then close it. The PNG is
-    exactly ``fig.get_size_inches() * dpi`` pixels (no tight cropping)."""
+def figure_png(fig: Any, dpi: int) -> bytes:
+    """A matplotlib figure as PNG bytes, exactly ``fig.get_size_inches() * dpi`` pixels (no tight
+    cropping); the figure is closed."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     _pyplot().close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_figure(fig: Any, path: Path, dpi: int) -> None:
+    """Write a matplotlib figure as PNG through a temporary file (:func:`figure_png`), then close it."""
+    atomic_write_bytes(path, figure_png(fig, dpi))
 
 
 def colorize(label: np.ndarray) -> np.ndarray:
@@ -227,8 +232,15 @@ def _default_name(path: Path) -> str:
 
 
 def trimap_plot(results: Sequence[dict[str, Any]], names: Sequence[str], out: Path, dpi: int = 100) -> int:
+    """:func:`trimap_figure` written to ``out`` as PNG; returns the lines drawn."""
+    fig, lines = trimap_figure(results, names)
+    save_figure(fig, out, dpi)
+    return lines
+
+
+def trimap_figure(results: Sequence[dict[str, Any]], names: Sequence[str]) -> tuple[Any, int]:
     """The paper's Figure 4: mIoU (%) inside the trimap band against band width (pixels), one
-    solid line per result; the interior mIoU dashed in the same colour. Returns the lines drawn."""
+    solid line per result; the interior mIoU dashed in the same colour. Returns (figure, lines drawn)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
     lines = 0
@@ -248,8 +260,7 @@ def trimap_plot(results: Sequence[dict[str, Any]], names: Sequence[str], out: Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    save_figure(fig, out, dpi)
-    return lines
+    return fig, lines
 
 
 def comparison_table(
