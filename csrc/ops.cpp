@@ -138,10 +138,7 @@ PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& memb
   PaintInputs in;
   in.units = units.contiguous();
   in.members = members.contiguous();
-  in.height = units.size(0);
-  in.width = units.size(1);
-  in.num_candidates = members.size(0);
-  in.num_words = members.size(1);
+  static_cast<ImageDims&>(in) = image_dims(units, members, 0, chosen.size(0));
   in.unassigned = unassigned;
   in.where = where;
   const at::Tensor c = host_copy(chosen, at::kLong);

@@ -30,6 +30,18 @@ void check_batch_args(at::TensorList units, at::TensorList members, at::TensorLi
 [[noreturn]] void fail_units(const std::string& where, int64_t num_units);
 [[noreturn]] void fail_logits(const std::string& where);
 
+// The sizes of one image's arguments, read once from the checked tensors (units [H, W], members
+// [N, W64], logits [C, H, W], boxes [M, 4]); paint has no logits (C = 0).
+struct ImageDims {
+  int64_t height = 0, width = 0, num_candidates = 0, num_words = 0, num_classes = 0, num_boxes = 0;
+
+  int64_t num_units() const { return num_words * 64; }  // the unit ids the member rows can name
+  int64_t num_columns() const { return math::sum_columns(num_boxes); }
+};
+inline ImageDims image_dims(const at::Tensor& units, const at::Tensor& members, int64_t num_classes, int64_t num_boxes) {
+  return {units.size(0), units.size(1), members.size(0), members.size(1), num_classes, num_boxes};
+}
+
 // The five per-image output lists of proposal_costs_batched.
 using CostLists = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
                              std::vector<at::Tensor>, std::vector<at::Tensor>>;
@@ -50,13 +62,12 @@ CostLists cost_lists(const std::vector<ImageResult>& images) {
 
 // Checked arguments of paint_labels: units and members on their device, the small per-box tables on
 // the host (chosen, labels and boxes may be given on the host, which saves a round trip).
-struct PaintInputs {
+struct PaintInputs : ImageDims {
   at::Tensor units, members;
   std::vector<int64_t> chosen, labels;
   std::vector<int64_t> box_info;  // [M * kBoxInfoFields] when boxes were given
   bool clip = false;
   int64_t unassigned = -1;  // label for the free pixels of a box without a candidate; -1: leave them
-  int64_t height = 0, width = 0, num_candidates = 0, num_words = 0;
   std::string where;
 };
 // Where region m may paint: the pixels of its box when `within_box`, else the whole image.

@@ -62,7 +62,7 @@ at::Tensor paint_labels_impl(const PaintInputs& in) {
   const uint64_t* members = reinterpret_cast<const uint64_t*>(in.members.data_ptr<int64_t>());
   for (int64_t p = 0; p < H * W; ++p) {
     const int64_t u = static_cast<int64_t>(units[p]);
-    if (u < 0 || u >= W64 * 64) fail_units(in.where, W64 * 64);
+    if (u < 0 || u >= in.num_units()) fail_units(in.where, in.num_units());
   }
   std::vector<PixelRect> rect(M);
   for (int64_t m = 0; m < M; ++m) rect[m] = paint_rect(in, m, in.clip);

@@ -62,9 +62,8 @@ void row_logsumexp(const float* const* channel, int64_t num_classes, int64_t cou
 }
 
 // One image's inputs, checked, with the small per-box tables on the host.
-struct ImageInputs {
+struct ImageInputs : ImageDims {
   at::Tensor units, members, logits;
-  int64_t height = 0, width = 0, num_candidates = 0, num_words = 0, num_classes = 0, num_boxes = 0;
   std::string where;
   std::vector<double> boxes;      // [M * 4]
   std::vector<int64_t> labels;    // [M]
@@ -80,12 +79,7 @@ ImageInputs prepare_image(const at::Tensor& units, const at::Tensor& members, co
   in.units = units.contiguous();
   in.members = members.contiguous();
   in.logits = logits.contiguous();
-  in.height = units.size(0);
-  in.width = units.size(1);
-  in.num_candidates = members.size(0);
-  in.num_words = members.size(1);
-  in.num_classes = logits.size(0);
-  in.num_boxes = boxes.size(0);
+  static_cast<ImageDims&>(in) = image_dims(units, members, logits.size(0), boxes.size(0));
   const at::Tensor b = boxes.to(at::kDouble).contiguous();
   const at::Tensor l = labels.to(at::kLong).contiguous();
   in.boxes.assign(b.data_ptr<double>(), b.data_ptr<double>() + 4 * in.num_boxes);
@@ -242,8 +236,8 @@ CostOutputs allocate_outputs(const ImageInputs& in) {
 // Stage 1 for one image with the CE fixed point of `nll_bound`; returns the largest pixel NLL above
 // the bound (0 when none, i.e. the sums are exact and cannot have overflowed).
 double unit_statistics(const ImageInputs& in, double nll_bound, UnitStats& stats) {
-  const int64_t num_units = in.num_words * 64;
-  const int64_t S = math::sum_columns(in.num_boxes);
+  const int64_t num_units = in.num_units();
+  const int64_t S = in.num_columns();
   const double ce_scale = std::ldexp(1.0, math::ce_exponent(in.height * in.width, nll_bound));
   const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), in.height));
   std::vector<UnitStats> partial(workers);
@@ -273,8 +267,8 @@ CostOutputs proposal_costs_one_image(const ImageInputs& in) {
   CostOutputs out = allocate_outputs(in);
   const int64_t N = in.num_candidates, M = in.num_boxes;
   if (N == 0) return out;
-  const int64_t num_units = in.num_words * 64;
-  const int64_t S = math::sum_columns(M);
+  const int64_t num_units = in.num_units();
+  const int64_t S = in.num_columns();
 
   // Stage 1: per-unit statistics, one partial set per worker, merged afterwards. A pixel NLL above
   // the fixed-point bound (absurd logits) makes the image run again with a bound that fits it.

@@ -264,7 +264,7 @@ std::vector<at::Tensor> paint_batch(const std::vector<PaintInputs>& inputs) {
   const at::Tensor flag = packed.narrow(0, 0, static_cast<int64_t>(flag_bytes)).cpu();
   unsigned long long bad;
   std::memcpy(&bad, flag.data_ptr(), sizeof(bad));
-  if (bad != none) fail_units(inputs[bad].where, inputs[bad].num_words * 64);
+  if (bad != none) fail_units(inputs[bad].where, inputs[bad].num_units());
   return out;
 }
 

@@ -344,15 +344,12 @@ __global__ void fold_candidates_kernel(Batch t, int64_t total_candidates) {
 }
 
 // One image of a call, checked, with its own outputs.
-struct CudaImage {
+struct CudaImage : ImageDims {
   at::Tensor units, members, logits, boxes, labels;
   at::Tensor area, bbox, iou_box, iou_mask, mean_ce;
   std::string where;
-  int64_t height = 0, width = 0, num_candidates = 0, num_words = 0, num_classes = 0, num_boxes = 0;
   double nll_bound = math::kDefaultNllBound;
 
-  int64_t num_units() const { return num_words * 64; }
-  int64_t num_columns() const { return math::sum_columns(num_boxes); }
   // Device bytes this image needs beyond its inputs and outputs (sums, corners, fold scratch).
   int64_t scratch_bytes() const {
     return ((num_units() + 1) * num_columns() + num_candidates * num_columns()) * 8 + num_units() * 16;
@@ -368,12 +365,7 @@ CudaImage make_image(const at::Tensor& units, const at::Tensor& members, const a
   im.logits = logits.contiguous();
   im.boxes = boxes;
   im.labels = labels;
-  im.height = units.size(0);
-  im.width = units.size(1);
-  im.num_candidates = members.size(0);
-  im.num_words = members.size(1);
-  im.num_classes = logits.size(0);
-  im.num_boxes = boxes.size(0);
+  static_cast<ImageDims&>(im) = image_dims(units, members, logits.size(0), boxes.size(0));
   TORCH_CHECK(im.height < INT32_MAX && im.width < INT32_MAX && im.num_words < INT32_MAX / 64 &&
                   im.num_boxes < INT32_MAX / 2 && im.num_classes < INT32_MAX,
               "proposal_costs", where, ": sizes beyond int32 (H = ", im.height, ", W = ", im.width, ", W64 = ",
