@@ -109,6 +109,7 @@ class RunSpec:
     overrides: tuple = ()
     snapshots: tuple = ()
     trimap: bool = False
+    trimap_widths: str = "1,2,4,8"  # evaluate --trimap, when ``trimap``
 
     @property
     def name(self) -> str:
@@ -186,11 +187,7 @@ def run_config(spec: RunSpec, data: Data, run_dir: Path, threads: int):
         "run.progress": False,
         "run.tensorboard": False,
     }
-    overrides = list(EXTRA_OVERRIDES) + list(spec.overrides)
-    return load_config(BASE_CONFIG, overrides, assignments=values)
-
-
-EXTRA_OVERRIDES: list = []
+    return load_config(BASE_CONFIG, list(spec.overrides), assignments=values)
 
 
 def execute(spec: RunSpec, data: Data, out: Path, threads: int, subprocess_mode: bool) -> dict:
@@ -233,31 +230,24 @@ def execute(spec: RunSpec, data: Data, out: Path, threads: int, subprocess_mode:
         "train_seconds": summary["seconds"], "reused": reused, "run_dir": str(run_dir),
     }
     if spec.trimap:
-        row["trimap"] = evaluate_trimap(run_dir, data)
+        row["trimap"] = evaluate_trimap(run_dir, spec.trimap_widths)
     row["wall_seconds"] = time.perf_counter() - started
     return row
 
 
-def evaluate_trimap(run_dir: Path, data: Data) -> dict:
-    """``python -m boxsup_ext.evaluate --run RUN --trimap ...`` on the final checkpoint (reused when done)."""
+def evaluate_trimap(run_dir: Path, widths: str) -> dict:
+    """``python -m boxsup_ext.evaluate --run RUN --trimap WIDTHS`` on the final checkpoint (reused when done)."""
+    import contextlib
+
     from boxsup_ext.evaluate import main as evaluate_main
 
     out = run_dir / "eval" / "trimap"
     metrics = out / "metrics.json"
     if not metrics.exists():
-        buffer = open(os.devnull, "w")
-        saved = sys.stdout
-        try:
-            sys.stdout = buffer
-            evaluate_main(["--run", str(run_dir), "--trimap", TRIMAP_WIDTHS[0], "--out", str(out), "--no-progress", "--overwrite"])
-        finally:
-            sys.stdout = saved
-            buffer.close()
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            evaluate_main(["--run", str(run_dir), "--trimap", widths, "--out", str(out), "--no-progress", "--overwrite"])
     result = json.loads(metrics.read_text())
     return {"miou": result["miou"], "metrics": str(metrics), **{k: result["trimap"][k] for k in ("widths", "boundary_miou", "interior_miou")}}
-
-
-TRIMAP_WIDTHS = ["1,2,4,8"]
 
 
 def run_all(specs: Sequence[RunSpec], datas: dict, out: Path, workers: int, threads: int = 0) -> list:
@@ -651,8 +641,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     prov = provenance()
-    TRIMAP_WIDTHS[0] = scale.trimap
-    EXTRA_OVERRIDES[:] = scale.extra
     ss64 = SS_64 if scale.size >= 64 else {"ks": [10, 25, 50], "min_size": 5, "colour_spaces": ["hsv", "lab"]}
     datas = {}
     methods = ("selective_search",) if args.recipes else ("selective_search", "rectangles", "grabcut")
@@ -670,6 +658,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         specs = reproduce_specs(scale, seeds, n_train)
         specs = [replace(s, data=str(scale.size)) for s in specs]
+    # the scale's own settings go with each run: its extra overrides first, then the run's
+    specs = [replace(s, overrides=tuple(scale.extra) + tuple(s.overrides), trimap_widths=scale.trimap) for s in specs]
     print(f"{len(specs)} runs, {args.workers} at a time", flush=True)
     rows = run_all(specs, datas, out, args.workers, args.threads)
     table = aggregate(rows)
