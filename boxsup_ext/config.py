@@ -115,6 +115,14 @@ class RelabelConfig:
     """Leave out candidates whose IoU with the box is below this (0 = none, the paper); guards against drifting to tiny segments when proposals include every superpixel."""
     lam_warmup_epochs: int = 0
     """Ramp ``lam`` linearly from 0 over the first N epochs: epoch e (1-based) uses ``lam * min(1, (e - 1) / N)``, so epoch 1 relabels by IoU alone and epoch N + 1 on uses the full ``lam`` (0 = off, the paper)."""
+    greedy_from_epoch: int = 0
+    """From this epoch on (1-based) take each box's cheapest candidate instead of sampling among ``topk``: sample early, greedy late (0 = never, the paper)."""
+    agreement: float = 0.0
+    """Ignore the uncertain pixels of each box: a pixel inside a box keeps its painted label only where at least this share of the box's ``topk`` cheapest candidates agree with it (cover it when it is painted with the box's class, leave it out otherwise); elsewhere it becomes ignore (255). 0 = off (the paper), at most 1."""
+    keep_previous: bool = False
+    """Keep each box's candidate of the previous epoch unless the newly drawn one is cheaper by more than ``keep_margin`` (off: the paper)."""
+    keep_margin: float = 0.05
+    """With ``keep_previous``: how much cheaper (in cost units) a new candidate must be to replace the previous choice."""
     batch_images: int = 8
     """Images per fused-op call."""
     snapshot_epochs: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 45])
@@ -377,6 +385,9 @@ def validate(config: Config) -> None:
         (0 <= config.relabel.min_iou <= 1, f"relabel.min_iou must be in [0, 1], got {config.relabel.min_iou}"),
         (config.relabel.lam_warmup_epochs >= 0, f"relabel.lam_warmup_epochs must be non-negative, got {config.relabel.lam_warmup_epochs}"),
         (config.relabel.batch_images >= 1, "relabel.batch_images must be at least 1"),
+        (config.relabel.greedy_from_epoch >= 0, f"relabel.greedy_from_epoch must be 0 (never) or an epoch, got {config.relabel.greedy_from_epoch}"),
+        (0 <= config.relabel.agreement <= 1, f"relabel.agreement must be in [0, 1] (0 = off), got {config.relabel.agreement}"),
+        (config.relabel.keep_margin >= 0, f"relabel.keep_margin must be 0 or more, got {config.relabel.keep_margin}"),
         (config.train.epochs >= 1, f"train.epochs must be at least 1, got {config.train.epochs}"),
         (config.train.batch_size >= 1, f"train.batch_size must be at least 1, got {config.train.batch_size}"),
         (config.train.lr > 0, f"train.lr must be positive, got {config.train.lr}"),

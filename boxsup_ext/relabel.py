@@ -22,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from boxsup_ext.core import IGNORE_LABEL  # its one home: the torch-free ground floor
+from boxsup_ext.core import IGNORE_LABEL, box_pixel_ranges, unit_count, unpack_rows  # the torch-free ground floor
 from boxsup_ext.models import normalize_images, predict_logits
 
 
@@ -37,13 +37,20 @@ class RelabelSettings:
     """``lam``: weight of the mean cross-entropy; ``topk``: sample among this many cheapest
     (1 = greedy); ``iou``: ``"box"`` or ``"mask"``; ``clip_to_box``: paint only inside the box;
     ``min_iou``: candidates whose IoU with a box is below this are not considered for it (0 = all,
-    the paper)."""
+    the paper); ``agreement``: a pixel of a box keeps its painted label only where at least this
+    share of the box's ``consensus_k`` cheapest candidates agree with it (covers it when painted with
+    the box's class, leaves it out when not), else it becomes ignore (0 = off, the paper);
+    ``keep_margin``: with the previous round's choice of a box given, it is kept unless the newly
+    drawn candidate is cheaper by more than this (None = off, the paper)."""
 
     lam: float = 3.0
     topk: int = 5
     iou: str = "box"
     clip_to_box: bool = False
     min_iou: float = 0.0
+    agreement: float = 0.0
+    consensus_k: int = 5
+    keep_margin: Optional[float] = None
 
     @classmethod
     def from_config(cls, relabel: Any, mode: str, epoch: int = 1) -> "RelabelSettings":
@@ -54,9 +61,13 @@ class RelabelSettings:
         IoU). ``lam`` is ramped by ``relabel.lam_warmup_epochs`` (see :func:`warmed_lam`)."""
         if mode not in ("boxsup", "boxsup_greedy"):
             return cls(lam=0.0, topk=1, iou="box", clip_to_box=relabel.clip_to_box)
-        topk = 1 if mode == "boxsup_greedy" else relabel.topk
+        greedy = mode == "boxsup_greedy" or (relabel.greedy_from_epoch > 0 and epoch >= relabel.greedy_from_epoch)
         lam = warmed_lam(relabel.lam, relabel.lam_warmup_epochs, epoch)
-        return cls(lam=lam, topk=topk, iou=relabel.iou, clip_to_box=relabel.clip_to_box, min_iou=relabel.min_iou)
+        return cls(
+            lam=lam, topk=1 if greedy else relabel.topk, iou=relabel.iou, clip_to_box=relabel.clip_to_box,
+            min_iou=relabel.min_iou, agreement=relabel.agreement, consensus_k=relabel.topk,
+            keep_margin=relabel.keep_margin if relabel.keep_previous else None,
+        )
 
 
 def warmed_lam(lam: float, warmup_epochs: int, epoch: int) -> float:
@@ -77,7 +88,8 @@ def warmed_lam(lam: float, warmup_epochs: int, epoch: int) -> float:
 class RelabelInput(NamedTuple):
     """One box-supervised image: ``image`` uint8 [H, W, 3] RGB; ``units`` int32/int64 [H, W];
     ``members`` int64 [N, W64]; ``boxes`` float32 [M, 4] (x0, y0, x1, y1) pixels, half-open;
-    ``labels`` int64 [M] in [1, C)."""
+    ``labels`` int64 [M] in [1, C); ``previous``: int64 [M], the candidate each box took in the
+    previous relabel round (-1: none), or None (first round, or ``keep_margin`` off)."""
 
     image_id: str
     image: np.ndarray
@@ -85,6 +97,7 @@ class RelabelInput(NamedTuple):
     members: np.ndarray
     boxes: np.ndarray
     labels: np.ndarray
+    previous: Optional[np.ndarray] = None
 
 
 class RelabelResult(NamedTuple):
@@ -119,6 +132,15 @@ def assignment_cost(costs: Any, lam: float, iou: str = "box", min_iou: float = 0
     return torch.where(excluded, torch.full_like(cost, float("inf")), cost)
 
 
+def cheapest(cost: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` cheapest finite candidates of each box (column of ``cost`` [N, M]): (order int64
+    [M, min(k, N)], the candidate indices cheapest first; count int64 [M], how many of them are
+    finite). A stable sort ranks equal costs by candidate index, the same on every device."""
+    values, order = torch.sort(cost.detach().cpu().t(), dim=1, stable=True)
+    values, order = values[:, :k], order[:, :k]
+    return order, torch.isfinite(values).sum(dim=1)  # +inf sorts last, so finite ones lead
+
+
 def sample_topk(cost: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """For each box (column of ``cost`` [N, M]) draw uniformly among its ``k`` cheapest finite
     candidates (fewer when fewer are finite). Returns int64 [M], -1 for a box with none."""
@@ -126,15 +148,58 @@ def sample_topk(cost: torch.Tensor, k: int, generator: torch.Generator) -> torch
     chosen = torch.full((m,), -1, dtype=torch.int64)
     if n == 0 or m == 0:
         return chosen
-    # A stable sort ranks equal costs by candidate index, the same on every device.
-    values, order = torch.sort(cost.detach().cpu().t(), dim=1, stable=True)
-    values, order = values[:, :k], order[:, :k]
+    order, counts = cheapest(cost, k)
     draws = torch.randint(0, 1 << 30, (m,), generator=generator)  # one draw per box, always
     for j in range(m):
-        count = int(torch.isfinite(values[j]).sum())  # +inf sorts last, so finite ones lead
+        count = int(counts[j])
         if count:
             chosen[j] = order[j, int(draws[j]) % count]
     return chosen
+
+
+def keep_previous(cost: torch.Tensor, chosen: torch.Tensor, previous: Optional[np.ndarray], margin: Optional[float]) -> torch.Tensor:
+    """``chosen`` int64 [M] with each box's ``previous`` candidate kept unless the new one is cheaper
+    than it by more than ``margin`` (``cost`` [N, M]); a previous choice that is now excluded (+inf)
+    or out of range is not kept. ``margin`` None or ``previous`` None: ``chosen`` unchanged."""
+    if margin is None or previous is None:
+        return chosen
+    previous = torch.as_tensor(np.asarray(previous, dtype=np.int64))
+    if previous.shape != chosen.shape:
+        return chosen  # the image's boxes changed: nothing to keep
+    kept = chosen.clone()
+    for j in range(chosen.shape[0]):
+        old, new = int(previous[j]), int(chosen[j])
+        if 0 <= old < cost.shape[0] and new >= 0 and bool(torch.isfinite(cost[old, j])):
+            if not float(cost[new, j]) < float(cost[old, j]) - margin:
+                kept[j] = old
+    return kept
+
+
+def consensus_ignore(
+    label: np.ndarray, units: np.ndarray, members: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+    order: torch.Tensor, counts: torch.Tensor, agreement: float,
+) -> np.ndarray:
+    """``label`` uint8 [H, W] with the uncertain pixels of each box set to ignore: inside box m (the
+    box pixel rule), the votes of its ``counts[m]`` cheapest candidates (``order`` [M, k]) decide.
+    A pixel painted with the box's class needs at least ``agreement`` of them to cover it, any other
+    pixel at least ``agreement`` of them to leave it out; else it becomes :data:`IGNORE_LABEL`. A box
+    without candidates is left as painted (its pixels are ignore already)."""
+    if agreement <= 0 or len(boxes) == 0:
+        return label
+    out = label.copy()
+    num_units = unit_count(units)
+    ranges = box_pixel_ranges(boxes, *label.shape)
+    for m, (col0, row0, col1, row1) in enumerate(ranges):
+        count = int(counts[m])
+        if count == 0 or col1 <= col0 or row1 <= row0:
+            continue
+        votes = unpack_rows(members[order[m, :count].numpy()], num_units).mean(axis=0)  # [U] share covering
+        covered = votes[units[row0:row1, col0:col1]]
+        window = out[row0:row1, col0:col1]
+        agree = np.where(window == labels[m], covered, 1.0 - covered)
+        # A small tolerance so that e.g. 4 of 5 meets 0.8 exactly.
+        window[(agree < agreement - 1e-9) & (window != IGNORE_LABEL)] = IGNORE_LABEL
+    return out
 
 
 def _gather(values: torch.Tensor, chosen: torch.Tensor) -> np.ndarray:
@@ -202,7 +267,8 @@ def relabel_batch(
     chosen_all = []
     for item, costs in zip(batch, all_costs):
         cost = assignment_cost(costs, settings.lam, settings.iou, settings.min_iou).cpu()
-        chosen_all.append((cost, sample_topk(cost, settings.topk, image_generator(seed, epoch, item.image_id))))
+        chosen = sample_topk(cost, settings.topk, image_generator(seed, epoch, item.image_id))
+        chosen_all.append((cost, keep_previous(cost, chosen, item.previous, settings.keep_margin)))
     # One paint call for the batch; boxes, labels and chosen are read on the host.
     label_maps = ops.paint_labels_batched(
         [inputs[0] for inputs in op_inputs],
@@ -216,10 +282,14 @@ def relabel_batch(
     results = []
     for item, costs, (cost, chosen), label in zip(batch, all_costs, chosen_all, label_maps):
         overlap = costs.iou_box if settings.iou == "box" else costs.iou_mask
+        label = label.cpu().numpy()
+        if settings.agreement > 0:
+            order, counts = cheapest(cost, settings.consensus_k)
+            label = consensus_ignore(label, item.units, item.members, item.boxes, item.labels, order, counts, settings.agreement)
         results.append(
             RelabelResult(
                 item.image_id,
-                label.cpu().numpy(),
+                label,
                 chosen.numpy(),
                 _gather(cost, chosen),
                 _gather(overlap, chosen),

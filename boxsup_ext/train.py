@@ -329,8 +329,10 @@ def prepare_labels(
     settings = RelabelSettings.from_config(config.relabel, config.train.mode, epoch)
     # Every rank runs the same number of batches (a collective per batch): the largest share's.
     rounds = math.ceil(math.ceil(len(box_images) / ctx.world_size) / config.relabel.batch_images)
+    previous = label_state.get("choices", {}) if settings.keep_margin is not None else {}
     choices, tally, score = relabel_images(
-        ctx.shard(box_images), epoch, settings, config, ctx, model, training.datasets, stores, labels_dir, stopper, rounds
+        ctx.shard(box_images), epoch, settings, config, ctx, model, training.datasets, stores, labels_dir, stopper, rounds,
+        previous,
     )
     parts = ctx.gather_objects(choices)  # every rank's {image id: chosen candidates}
     relabeled = [sorted(part) for part in parts]
@@ -386,12 +388,14 @@ def write_mask_labels(
 def relabel_images(
     images: Sequence[TrainImage], epoch: int, settings: RelabelSettings, config: Config, ctx: DistContext, model: nn.Module,
     datasets: Sequence[Any], stores: dict[int, Any], labels_dir: Path, stopper: Stopper, rounds: int,
+    previous: dict[str, list[int]],
 ) -> tuple[dict[str, list[int]], LabelTally, LabelScore]:
     """Relabel this rank's box images in batches of ``relabel.batch_images``, writing their label
     PNGs; returns the chosen candidates per image, the tally and the score against ground truth.
 
     ``rounds``: the number of batches to run, the same on every rank (each one checks for a stop
-    with a collective), so a rank with a smaller share runs empty batches at the end."""
+    with a collective), so a rank with a smaller share runs empty batches at the end. ``previous``:
+    the previous round's choices by image id (for ``relabel.keep_previous``; empty when off)."""
     net = unwrap_model(model)
     choices: dict[str, list[int]] = {}
     tally, score = LabelTally(), LabelScore.empty(net.num_classes)
@@ -404,7 +408,7 @@ def relabel_images(
         batch = images[first : first + batch_size]
         if not batch:
             continue
-        inputs = [_relabel_input(datasets, stores, image) for image in batch]
+        inputs = [_relabel_input(datasets, stores, image, previous.get(image.image_id)) for image in batch]
         for image, result in zip(batch, relabel_batch(net, inputs, settings, config.run.seed, epoch, ctx.device)):
             save_label_png(labels_dir / f"{image.image_id}.png", result.label)
             choices[image.image_id] = result.chosen.tolist()
@@ -424,11 +428,12 @@ def changed_fraction(choices: dict[str, list[int]], previous: dict[str, list[int
     return changed / common_boxes if common_boxes else None
 
 
-def _relabel_input(datasets: Sequence[Any], stores: dict[int, Any], image: TrainImage) -> RelabelInput:
+def _relabel_input(datasets: Sequence[Any], stores: dict[int, Any], image: TrainImage, previous: Optional[list[int]]) -> RelabelInput:
     dataset = datasets[image.source]
     record = dataset[image.index]
     entry = stores[image.source].get(image.image_id)  # checked against the image (size, provenance) by the store
-    return RelabelInput(image.image_id, dataset.load_image(image.index), entry.units, entry.members, record.boxes, record.labels)
+    return RelabelInput(image.image_id, dataset.load_image(image.index), entry.units, entry.members, record.boxes, record.labels,
+                        None if previous is None else np.asarray(previous, dtype=np.int64))
 
 
 def snapshot_labels(run: RunDir, epoch: int, images: Sequence[TrainImage]) -> None:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from boxsup_ext import core, reference
+from boxsup_ext import relabel as relabel_module
 from boxsup_ext.core import IGNORE_LABEL, paint_instances
 from boxsup_ext.models import build_model
 from boxsup_ext.relabel import (
@@ -142,3 +143,86 @@ def test_min_iou_leaves_out_poorly_overlapping_candidates():
     assert torch.isfinite(cost[keep, 0]).all() and torch.isinf(cost[~keep, 0]).all()
     assert keep.sum() == 1  # only the exact square survives; then it is the only choice
     assert sample_topk(cost, 5, image_generator(0, 1, "x")).tolist() == [1]
+
+
+# ----------------------------------------------------------------------------------------------
+# relabel.agreement, relabel.keep_previous, relabel.greedy_from_epoch
+
+
+def test_consensus_ignores_the_pixels_the_cheapest_candidates_disagree_on():
+    # candidates on a 1 x 8 strip: 0 covers columns 0-3, 1 columns 0-5, 2 columns 0-1, 3 columns 6-7
+    masks = np.zeros((4, 1, 8), bool)
+    masks[0, 0, :4] = masks[1, 0, :6] = masks[2, 0, :2] = masks[3, 0, 6:] = True
+    units, members = core.masks_to_units(masks)
+    boxes = np.array([[0.0, 0.0, 7.0, 1.0]], np.float32)  # columns 0-6; column 7 is outside
+    labels = np.array([2])
+    painted = reference.paint_labels(torch.from_numpy(units), torch.from_numpy(members), torch.tensor([0]),
+                                     torch.from_numpy(labels)).numpy()
+    assert painted.tolist() == [[2, 2, 2, 2, 0, 0, 0, 0]]
+    cost = torch.tensor([[0.1], [0.2], [0.3], [0.9]])
+    order, counts = relabel_module.cheapest(cost, 3)  # candidates 0, 1, 2 vote
+    assert order.tolist() == [[0, 1, 2]] and counts.tolist() == [3]
+    out = relabel_module.consensus_ignore(painted, units, members, boxes, labels, order, counts, agreement=2 / 3)
+    # columns 0-1: 3 of 3 cover; 2-3: 2 of 3 cover (painted 2, agreement met); 4-5: 1 of 3 cover, so
+    # 2 of 3 leave them out (painted 0, met); 6: none cover; 7: outside the box, untouched
+    assert out.tolist() == painted.tolist()
+    strict = relabel_module.consensus_ignore(painted, units, members, boxes, labels, order, counts, agreement=0.9)
+    assert strict.tolist() == [[2, 2, IGNORE_LABEL, IGNORE_LABEL, IGNORE_LABEL, IGNORE_LABEL, 0, 0]]
+    # fewer finite candidates than k: only the finite ones vote; off (0) returns the labels unchanged
+    finite_only = torch.tensor([[0.1], [float("inf")], [float("inf")], [0.9]])
+    order, counts = relabel_module.cheapest(finite_only, 3)
+    assert counts.tolist() == [2]
+    two = relabel_module.consensus_ignore(painted, units, members, boxes, labels, order, counts, agreement=0.9)
+    # candidates 0 and 3 vote: each covered pixel has one vote of two
+    assert two.tolist() == [[IGNORE_LABEL] * 4 + [0, 0, IGNORE_LABEL, 0]]
+    assert relabel_module.consensus_ignore(painted, units, members, boxes, labels, order, counts, 0.0) is painted
+
+
+def test_keep_previous_keeps_a_choice_unless_the_new_one_is_cheaper_by_the_margin():
+    cost = torch.tensor([[0.50, 0.3], [0.40, float("inf")], [0.30, 0.25]])
+    drawn = torch.tensor([2, 2])
+    # box 0: new 0.30 against kept 0.50 (cheaper by 0.2 > 0.1): replaced; box 1: 0.25 against 0.3 (0.05): kept
+    assert relabel_module.keep_previous(cost, drawn, np.array([0, 0]), 0.1).tolist() == [2, 0]
+    assert relabel_module.keep_previous(cost, drawn, np.array([0, 0]), 0.25).tolist() == [0, 0]
+    # an excluded (+inf), missing or out-of-range previous choice is not kept; off or no history: unchanged
+    assert relabel_module.keep_previous(cost, drawn, np.array([-1, 1]), 1.0).tolist() == [2, 2]
+    assert relabel_module.keep_previous(cost, drawn, np.array([7, 0]), 1.0).tolist() == [2, 0]
+    assert relabel_module.keep_previous(cost, drawn, None, 1.0) is drawn
+    assert relabel_module.keep_previous(cost, drawn, np.array([0, 0]), None) is drawn
+    assert relabel_module.keep_previous(cost, drawn, np.array([0]), 1.0) is drawn  # boxes changed
+
+
+def test_new_relabel_keys_reach_the_settings_and_are_checked():
+    from boxsup_ext.config import load_config
+    from boxsup_ext.utils import InputError
+
+    config = load_config(None, ["relabel.topk=4", "relabel.greedy_from_epoch=3", "relabel.agreement=0.75",
+                                "relabel.keep_previous=true", "relabel.keep_margin=0.2"])
+    early, late = (RelabelSettings.from_config(config.relabel, "boxsup", e) for e in (2, 3))
+    assert (early.topk, late.topk) == (4, 1)
+    assert late.consensus_k == 4 and late.agreement == 0.75 and late.keep_margin == 0.2
+    assert RelabelSettings.from_config(load_config(None, []).relabel, "boxsup", 1).keep_margin is None
+    baseline = RelabelSettings.from_config(config.relabel, "rectangles", 5)
+    assert baseline.agreement == 0.0 and baseline.keep_margin is None  # the fixed baselines stay as they are
+    for bad in ("relabel.agreement=1.5", "relabel.greedy_from_epoch=-1", "relabel.keep_margin=-0.1"):
+        with pytest.raises(InputError, match=bad.split("=")[0]):
+            load_config(None, [bad])
+
+
+def test_relabel_batch_applies_consensus_and_keeps_previous_choices():
+    torch.manual_seed(0)
+    model = build_model("tiny_fcn", 3, width=4).eval()
+    units, members = make_candidates()
+    image = np.random.default_rng(1).integers(0, 255, (*units.shape, 3), dtype=np.uint8)
+    boxes = np.array([[0, 0, 12, 24]], np.float32)
+    item = RelabelInput("im", image, units.numpy().astype(np.int32), members.numpy(), boxes, np.array([1]))
+    cpu = torch.device("cpu")
+    plain = relabel_batch(model, [item], RelabelSettings(lam=0.0, topk=3), 0, 1, cpu)[0]
+    voted = relabel_batch(model, [item], RelabelSettings(lam=0.0, topk=3, agreement=1.0, consensus_k=3), 0, 1, cpu)[0]
+    assert np.array_equal(plain.chosen, voted.chosen)
+    changed = plain.label != voted.label
+    assert changed.any() and (voted.label[changed] == IGNORE_LABEL).all()
+    other = (int(plain.chosen[0]) + 1) % 3
+    kept = relabel_batch(model, [item._replace(previous=np.array([other]))],
+                         RelabelSettings(lam=0.0, topk=3, keep_margin=10.0), 0, 1, cpu)[0]
+    assert kept.chosen.tolist() == [other]
