@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,16 @@ import numpy as np
 import pytest
 
 from boxsup_ext.data import detect_kind, open_dataset
-from boxsup_ext.data.synthetic import CLASS_NAMES, SHAPES, draw_image, generate
+from boxsup_ext.data.synthetic import (
+    CLASS_NAMES,
+    DISTRACTOR_FAMILY,
+    PRESETS,
+    SHAPE_FAMILY,
+    SHAPES,
+    class_names,
+    draw_image,
+    generate,
+)
 from boxsup_ext.utils import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,3 +144,131 @@ def test_cli_and_bad_arguments(tmp_path):
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert run.returncode == 2 and "--num-train" in run.stderr
+
+
+# ---- presets ----
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("hard") / "data", num_train=12, num_val=2, seed=5, height=72, width=96, preset="hard")
+
+
+def test_hard_opens_with_nine_classes_and_its_record(hard):
+    train = open_dataset(hard, "train", kind="synthetic")
+    assert train.class_names == list(PRESETS["hard"].class_names) == list(class_names("hard")) and train.num_classes == 9
+    assert (hard / "classes.txt").read_text().split() == list(PRESETS["hard"].class_names)
+    record = json.loads((hard / "synthetic.json").read_text())
+    assert record["preset"] == "hard" and record["class_names"] == list(PRESETS["hard"].class_names)
+    assert (record["max_objects"], record["min_visible"]) == (5, 0.3)
+    assert {(r.height, r.width) for r in train} == {(72, 96)}
+    assert "preset" not in json.loads((generate(hard.parent / "easy", 1, 1, height=32, width=32) / "synthetic.json").read_text())
+
+
+def test_hard_boxes_are_tight_on_visible_pixels_and_distractors_are_background(hard):
+    dataset = open_dataset(hard, "train", kind="synthetic")
+    counts = []
+    for i, record in enumerate(dataset):
+        class_map = dataset.load_class_map(i)
+        masks, labels = dataset.load_instances(i)
+        painted = np.zeros_like(class_map)
+        for mask, label, box in zip(masks, labels, record.boxes):
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            np.testing.assert_array_equal(box, [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+            painted[mask] = label
+        np.testing.assert_array_equal(painted, class_map)
+        counts.append(len(labels))
+    assert 1 <= min(counts) and max(counts) <= 5 and len(set(counts)) >= 3
+    # The same images drawn in memory: distractor pixels have no class, no instance and no box.
+    with_distractors = 0
+    for i in range(12):
+        drawn = draw_image(np.random.default_rng([5, 0, i]), 72, 96, 5, 0.3, preset="hard")
+        record = dataset[i]
+        np.testing.assert_array_equal(drawn.boxes, record.boxes)
+        np.testing.assert_array_equal(drawn.labels, record.labels)
+        assert not drawn.class_map[drawn.distractor_mask].any() and not drawn.object_map[drawn.distractor_mask].any()
+        for box in drawn.boxes.astype(int):  # no box is a distractor's: each holds its own object
+            assert drawn.object_map[box[1]:box[3], box[0]:box[2]].any()
+        with_distractors += int(drawn.distractor_mask.sum() >= 40)
+    assert with_distractors >= 4
+
+
+def test_hard_classes_differ_by_shape_and_draw_their_own_families():
+    styles = PRESETS["hard"].styles
+    assert len(styles) == 8
+    for style in styles:
+        same_colours = [o for o in styles if o is not style and (o.colour_a, o.colour_b) == (style.colour_a, style.colour_b)]
+        assert any(not (o.families & style.families) for o in same_colours), style.name
+        assert DISTRACTOR_FAMILY not in style.families
+    assert any(a.families == b.families and a.texture != b.texture for a in styles for b in styles)
+    thin_or_concave = {"bar", "lshape", "ushape", "snake", "crescent", "star", "ring", "cshape"}
+    assert sum(bool(set(s.shapes) & thin_or_concave) for s in styles) >= 6
+    drawn_families = {label: set() for label in range(1, 9)}
+    for i in range(40):
+        drawn = draw_image(np.random.default_rng(i), 64, 80, 5, 0.3, preset="hard")
+        assert ((drawn.labels >= 1) & (drawn.labels <= 8)).all()
+        for label, shape in zip(drawn.labels, drawn.shapes):
+            drawn_families[int(label)].add(SHAPE_FAMILY[shape])
+    assert all(drawn_families[c] == set(styles[c - 1].families) for c in drawn_families)
+    for style in PRESETS["hard"].distractor_styles:  # a distractor's look is no class's
+        assert not any(
+            (c.colour_a, c.colour_b, c.texture) == (style.colour_a, style.colour_b, style.texture) and c.families & style.families
+            for p in PRESETS.values() for c in p.styles
+        ), style.name
+
+
+def test_hard_is_deterministic(tmp_path):
+    one = generate(tmp_path / "one", 3, 1, seed=2, height=48, width=64, preset="hard")
+    two = generate(tmp_path / "two", 3, 1, seed=2, height=48, width=64, preset="hard")
+    easy = generate(tmp_path / "easy", 3, 1, seed=2, height=48, width=64)
+    assert tree_digest(one) == tree_digest(two) != tree_digest(easy)
+
+
+def test_pretrain_classes_are_disjoint_from_hard_and_easy():
+    pretrain = PRESETS["pretrain"]
+    assert len(pretrain.class_names) == 9 and pretrain.class_names[0] == "background"
+    others = PRESETS["hard"].styles + PRESETS["easy"].styles
+    assert not set(pretrain.class_names[1:]) & {s.name for s in others}
+    other_colours = {colour for s in others for colour in (s.colour_a, s.colour_b)}
+    for style in pretrain.styles:
+        assert not {style.colour_a, style.colour_b} & other_colours, style.name
+    assert (pretrain.height, pretrain.width, pretrain.max_distractors) == (PRESETS["hard"].height, PRESETS["hard"].width, 3)
+    drawn = draw_image(np.random.default_rng(0), 64, 80, 5, 0.3, preset="pretrain")
+    assert drawn.image.shape == (64, 80, 3) and ((drawn.labels >= 1) & (drawn.labels <= 8)).all()
+
+
+def test_bad_preset_is_one_line(tmp_path):
+    with pytest.raises(InputError, match="--preset must be one of easy, hard, pretrain"):
+        generate(tmp_path / "bad", 1, 1, preset="medium")
+    run = subprocess.run(
+        [sys.executable, "-m", "boxsup_ext.data.synthetic", "--out", str(tmp_path / "bad"), "--preset", "medium"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert run.returncode == 2 and run.stderr.strip().count("\n") == 0
+    assert "--preset" in run.stderr and "easy, hard, pretrain" in run.stderr and "medium" in run.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cli_takes_the_presets_default_size(tmp_path):
+    out = tmp_path / "cli"
+    args = ["--out", str(out), "--num-train", "1", "--num-val", "1", "--preset", "pretrain", "--max-objects", "2"]
+    run = subprocess.run([sys.executable, "-m", "boxsup_ext.data.synthetic", *args], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    record = json.loads((out / "synthetic.json").read_text())
+    assert (record["preset"], record["height"], record["width"], record["max_objects"]) == ("pretrain", 192, 256, 2)
+    assert open_dataset(out, "train", kind="synthetic").class_names == list(class_names("pretrain"))
+
+
+def test_prepare_synthetic_records_and_checks_the_preset(tmp_path):
+    from boxsup_ext.proposals.synthetic_setup import prepare_synthetic
+
+    setup = prepare_synthetic(tmp_path / "hard", 2, 1, size=None, height=40, width=56, methods=(), preset="hard")
+    record = json.loads((setup.dataset / "synthetic.json").read_text())
+    assert (record["preset"], record["height"], record["width"], record["max_objects"]) == ("hard", 40, 56, 5)
+    prepare_synthetic(tmp_path / "hard", 2, 1, height=40, width=56, methods=(), preset="hard")  # reused
+    with pytest.raises(InputError, match="preset 'hard' \\(asked 'easy'\\)"):
+        prepare_synthetic(tmp_path / "hard", 2, 1, height=40, width=56, methods=())
+    prepare_synthetic(tmp_path / "easy", 2, 1, size=32, methods=())
+    prepare_synthetic(tmp_path / "easy", 2, 1, size=32, methods=(), preset="easy")  # an easy record names no preset
+    with pytest.raises(InputError, match="preset 'easy' \\(asked 'pretrain'\\)"):
+        prepare_synthetic(tmp_path / "easy", 2, 1, size=32, max_objects=4, methods=(), preset="pretrain")

@@ -24,28 +24,39 @@ def prepare_synthetic(
     out_dir: Path,
     num_train: int,
     num_val: int,
-    size: int = 64,
+    size: Optional[int] = 64,
     seed: int = 0,
     methods: Sequence[str] = ("selective_search", "rectangles"),
     workers: int = 1,
-    max_objects: int = 4,
+    max_objects: Optional[int] = None,
     method_params: Optional[dict[str, dict]] = None,
+    preset: str = "easy",
+    height: Optional[int] = None,
+    width: Optional[int] = None,
 ) -> SyntheticSetup:
-    """Write the synthetic dataset (``size`` x ``size`` pixel images) to ``out_dir/dataset`` and a
-    proposal store per method to :func:`store_dir`, with ``method_params[method]`` as the method's
-    options. Existing complete outputs made with the same arguments are reused (both writers are
-    resumable); a dataset made with other arguments is an InputError."""
+    """Write the synthetic dataset of ``preset`` to ``out_dir/dataset`` and a proposal store per
+    method to :func:`store_dir`, with ``method_params[method]`` as the method's options. Images are
+    ``size`` x ``size`` pixels, or ``height`` x ``width`` where given (a None takes the preset's
+    default, as does ``max_objects=None``). Existing complete outputs made with the same arguments
+    are reused (both writers are resumable); a dataset made with other arguments is an InputError."""
     from boxsup_ext.data import open_dataset
-    from boxsup_ext.data.synthetic import generate
+    from boxsup_ext.data.synthetic import generate, get_preset
     from boxsup_ext.proposals import generate_proposals
 
+    spec = get_preset(preset)
+    height = next(v for v in (height, size, spec.height) if v is not None)
+    width = next(v for v in (width, size, spec.width) if v is not None)
+    max_objects = spec.max_objects if max_objects is None else max_objects
     out_dir = Path(out_dir)
     dataset_dir = out_dir / "dataset"
-    wanted = {"seed": seed, "num_train": num_train, "num_val": num_val, "height": size, "width": size, "max_objects": max_objects}
+    wanted = {
+        "preset": preset, "seed": seed, "num_train": num_train, "num_val": num_val,
+        "height": height, "width": width, "max_objects": max_objects,
+    }  # fmt: skip
     if (dataset_dir / "synthetic.json").exists():
         _check_existing(dataset_dir / "synthetic.json", wanted)
     else:
-        generate(dataset_dir, num_train, num_val, seed=seed, height=size, width=size, max_objects=max_objects)
+        generate(dataset_dir, num_train, num_val, seed=seed, height=height, width=width, max_objects=max_objects, preset=preset)
     train = open_dataset(dataset_dir, "train", kind="synthetic")
     stores = {}
     for method in methods:
@@ -65,6 +76,9 @@ def _check_existing(record_path: Path, wanted: dict) -> None:
         made = json.loads(record_path.read_text())
     except (OSError, ValueError) as err:
         raise InputError(f"{record_path} is not readable JSON ({err.__class__.__name__}); remove {record_path.parent} to rebuild it") from None
+    from boxsup_ext.data.synthetic import recorded_preset
+
+    made = {**made, "preset": recorded_preset(made)}
     differ = [f"{key} {made.get(key)!r} (asked {value!r})" for key, value in wanted.items() if made.get(key) != value]
     if differ:
         raise InputError(
