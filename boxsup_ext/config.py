@@ -84,7 +84,7 @@ class ModelConfig:
     num_classes: int = 0
     """Classes including background; 0 takes the dataset's count."""
     pretrained: str = ""
-    """ImageNet initialisation of ``vgg16_largefov``: path of a torchvision VGG-16 state dict (``vgg16-397923af.pth``) or ``imagenet`` (download); empty trains from scratch."""
+    """Backbone initialisation; empty trains from scratch. ``vgg16_largefov``: ImageNet weights, the path of a torchvision VGG-16 state dict (``vgg16-397923af.pth``) or ``imagenet`` (download). ``tiny_fcn``: a file written by ``python -m boxsup_ext.pretrain`` (image-level pretraining on disjoint synthetic classes) with the same ``width``; the classifier stays fresh."""
     fc_init: str = "deeplab"
     """``deeplab`` converts the ImageNet fc6/fc7 to convolutions as DeepLab did (needs ``fc_channels`` 1024); ``fresh`` initialises them randomly."""
     fc_channels: int = 1024

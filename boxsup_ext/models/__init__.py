@@ -58,7 +58,7 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
     ``kwargs`` go to the builder: for ``vgg16_largefov`` ``pretrained`` (path or ``"imagenet"``),
     ``fc_init`` (``"deeplab"``/``"fresh"``), ``fc_channels``, ``dropout``; for ``tiny_fcn``
-    ``width``, ``dropout``. The result records its own rebuild recipe in ``model.build_args``.
+    ``width``, ``dropout``, ``pretrained`` (a ``python -m boxsup_ext.pretrain`` file). The result records its own rebuild recipe in ``model.build_args``.
     """
     accepted = _builder_arguments(name)
     unknown = sorted(set(kwargs) - set(accepted))

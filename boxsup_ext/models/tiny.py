@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
+from boxsup_ext.models.pretrained import load_module_strict, read_state_dict
 from boxsup_ext.models.vgg import init_classifier
 from boxsup_ext.utils import InputError
 
@@ -61,6 +64,25 @@ class TinyFCN(nn.Module):
         self.num_classes = num_classes
 
 
-def tiny_fcn(num_classes: int, width: int = 16, dropout: float = 0.1) -> TinyFCN:
-    """Build :class:`TinyFCN`."""
-    return TinyFCN(num_classes, width=width, dropout=dropout)
+def load_tiny_backbone(model: TinyFCN, source: str) -> None:
+    """Fill ``model.features`` (weights and batch-norm statistics) from a ``python -m
+    boxsup_ext.pretrain`` file, strictly; the classifier stays fresh. Every problem (no file, not
+    a state dict, a missing / unexpected key, another width) is one :class:`InputError` line."""
+    width = model.fc_channels // 2
+    file = f"a state dict written by python -m boxsup_ext.pretrain --width {width}"
+    state = read_state_dict(source, file)
+    first = state.get("features.0.0.weight")
+    made_with = ""
+    if first is not None and first.dim() == 4 and first.shape[0] != width:
+        made_with = f"the file was pretrained with --width {first.shape[0]}: set model.width={first.shape[0]} or "
+    advice = f"{made_with}pretrain for tiny_fcn with python -m boxsup_ext.pretrain --width {width}"
+    load_module_strict(model.features, state, "features.", source, advice)
+
+
+def tiny_fcn(num_classes: int, width: int = 16, dropout: float = 0.1, pretrained: Optional[str] = None) -> TinyFCN:
+    """Build :class:`TinyFCN`; with ``pretrained`` (a ``python -m boxsup_ext.pretrain`` file of the
+    same ``width``) its backbone starts from those weights (see :func:`load_tiny_backbone`)."""
+    model = TinyFCN(num_classes, width=width, dropout=dropout)
+    if pretrained:
+        load_tiny_backbone(model, pretrained)
+    return model

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
 from torch import nn
 
+from boxsup_ext.models.pretrained import expect_tensor, read_state_dict
 from boxsup_ext.utils import InputError
 
 VGG16_IMAGENET_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -95,6 +95,10 @@ def init_classifier(conv: nn.Conv2d) -> None:
     nn.init.zeros_(conv.bias)
 
 
+_VGG16_FILE = "a torchvision vgg16 state dict (.pth)"
+_VGG16_ADVICE = "expected torchvision vgg16 key names and shapes (VGG-16); give vgg16-397923af.pth or 'imagenet'"
+
+
 def _read_state_dict(source: str) -> Mapping[str, torch.Tensor]:
     if source in ("imagenet", "torchvision", "download"):
         try:
@@ -104,29 +108,11 @@ def _read_state_dict(source: str) -> Mapping[str, torch.Tensor]:
                 f"could not fetch VGG-16 ImageNet weights from {VGG16_IMAGENET_URL} ({type(err).__name__}); "
                 "download vgg16-397923af.pth and pass its path as model.pretrained"
             ) from None
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise InputError(f"model.pretrained: no such file {path}; give a torchvision vgg16 state dict (.pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(f"model.pretrained: {path} is not a readable torch state dict ({err.__class__.__name__})") from None
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
-        state = state["state_dict"]
-    if not isinstance(state, Mapping):
-        raise InputError(f"model.pretrained: {path} holds a {type(state).__name__}, not a state dict")
-    return state
+    return read_state_dict(source, _VGG16_FILE)
 
 
 def _expect(state: Mapping[str, torch.Tensor], key: str, shape: tuple[int, ...], source: str) -> torch.Tensor:
-    if key not in state:
-        raise InputError(f"model.pretrained: {source} lacks key {key!r}; expected torchvision vgg16 key names")
-    tensor = state[key]
-    if tuple(tensor.shape) != shape:
-        raise InputError(
-            f"model.pretrained: {source} key {key!r} has shape {tuple(tensor.shape)}, expected {shape} (VGG-16)"
-        )
-    return tensor
+    return expect_tensor(state, key, shape, source, _VGG16_ADVICE)
 
 
 def load_vgg16_imagenet(model: VGG16LargeFOV, source: str, fc_init: str = "deeplab") -> None:
