@@ -196,10 +196,15 @@ def test_hard_boxes_are_tight_on_visible_pixels_and_distractors_are_background(h
 def test_hard_classes_differ_by_shape_and_draw_their_own_families():
     styles = PRESETS["hard"].styles
     assert len(styles) == 8
+    # every class looks different (colour pair or texture), and most share their colours with a class
+    # of another shape family: shape and texture, not colour alone, tell those apart
+    assert len({(s.colour_a, s.colour_b, s.texture) for s in styles}) == len(styles)
+    partnered = 0
     for style in styles:
         same_colours = [o for o in styles if o is not style and (o.colour_a, o.colour_b) == (style.colour_a, style.colour_b)]
-        assert any(not (o.families & style.families) for o in same_colours), style.name
+        partnered += any(not (o.families & style.families) for o in same_colours)
         assert DISTRACTOR_FAMILY not in style.families
+    assert partnered >= 6
     assert any(a.families == b.families and a.texture != b.texture for a in styles for b in styles)
     thin_or_concave = {"bar", "lshape", "ushape", "snake", "crescent", "star", "ring", "cshape"}
     assert sum(bool(set(s.shapes) & thin_or_concave) for s in styles) >= 6

@@ -83,13 +83,13 @@ COLOUR_SCHEMES = {
 # (colour scheme, texture, shape family) of each class; its name is "scheme_texture_family".
 HARD_CLASSES = (
     ("red", "stripes", "round"),
-    ("red", "stripes", "thin"),
-    ("red", "checker", "round"),
+    ("red", "checker", "thin"),
     ("green", "dots", "pointy"),
-    ("green", "dots", "hollow"),
+    ("green", "stripes", "hollow"),
     ("blue", "waves", "curved"),
-    ("blue", "waves", "hollow"),
-    ("blue", "speckle", "curved"),
+    ("blue", "dots", "thin"),
+    ("yellow", "speckle", "hollow"),
+    ("purple", "checker", "pointy"),
 )
 PRETRAIN_CLASSES = (
     ("teal", "rings", "hollow"),
@@ -101,8 +101,8 @@ PRETRAIN_CLASSES = (
     ("tan", "speckle", "curved"),
     ("tan", "waves", "pointy"),
 )
-# (colour scheme, texture) of distractors in a scheme no class of any preset uses, on any class family.
 DISTRACTOR_SCHEMES = (("grey", "grid"), ("orange", "plain"))
+DISTRACTOR_TEXTURE = "grid"  # no class of a photographic preset has it
 FORMAT_VERSION = 1
 
 
@@ -159,9 +159,11 @@ def _photographic(name: str, classes: tuple[tuple[str, str, str], ...]) -> Prese
     """A preset with ``classes`` (scheme, texture, family) in the hard preset's setting: distractors,
     random aspect, cluttered background, 192 x 256 images with 1..5 objects."""
     styles = tuple(_style(s, t, SHAPE_FAMILIES[f], f"{s}_{t}_{f}") for s, t, f in classes)
-    recoloured = dict.fromkeys((s, t) for s, t, _f in classes)
+    # Distractors in the classes' colours with a texture no class has (grid) on the angular family no
+    # class has, and the schemes of DISTRACTOR_SCHEMES on any class shape: object-like, colour-alike.
+    recoloured = dict.fromkeys(s for s, _t, _f in classes)
     distractors = tuple(
-        _style(s, t, SHAPE_FAMILIES[DISTRACTOR_FAMILY], f"{s}_{t}_{DISTRACTOR_FAMILY}") for s, t in recoloured
+        _style(s, DISTRACTOR_TEXTURE, SHAPE_FAMILIES[DISTRACTOR_FAMILY], f"{s}_{DISTRACTOR_TEXTURE}_{DISTRACTOR_FAMILY}") for s in recoloured
     ) + tuple(_style(s, t, CLASS_FAMILY_SHAPES, f"{s}_{t}") for s, t in DISTRACTOR_SCHEMES)
     return Preset(
         name, styles, height=192, width=256, max_objects=5, min_visible=0.3, distractor_styles=distractors,
