@@ -125,15 +125,21 @@ class Data:
     dataset: Path
     stores: dict
     ids: list
-    size: int
+    size: int  # the training crop's side (the image side for square images)
     folder: Path
 
 
-def prepare_data(folder: Path, scale_num_train: int, num_val: int, size: int, methods: Sequence[str], params: dict, workers: int) -> Data:
+def prepare_data(
+    folder: Path, scale_num_train: int, num_val: int, size: int, methods: Sequence[str], params: dict, workers: int,
+    preset: str = "easy", height: Optional[int] = None, width: Optional[int] = None,
+) -> Data:
+    """The synthetic dataset of ``preset`` (``size`` px square, or ``height`` x ``width``) and its
+    proposal stores in ``folder``, reused when there; ``size`` is also the training crop."""
     from boxsup_ext.data import open_dataset
     from boxsup_ext.proposals.synthetic_setup import prepare_synthetic
 
-    setup = prepare_synthetic(folder, scale_num_train, num_val, size=size, seed=0, methods=methods, workers=workers, method_params=params)
+    setup = prepare_synthetic(folder, scale_num_train, num_val, size=size, seed=0, methods=methods, workers=workers, method_params=params,
+                              preset=preset, height=height, width=width)
     train = open_dataset(setup.dataset, "train", kind="synthetic")
     ids = [record.image_id for record in train.records]
     return Data(setup.dataset, dict(setup.stores), ids, size, Path(folder))
@@ -275,7 +281,8 @@ def run_all(specs: Sequence[RunSpec], datas: dict, out: Path, workers: int, thre
 def cost_estimate(spec: RunSpec) -> float:
     steps = spec.epochs * math.ceil((spec.n_mask + spec.n_box) / BATCH)
     relabels = spec.epochs * spec.n_box if spec.mode.startswith("boxsup") else 0
-    return (steps + 0.35 * relabels) * (int(spec.data) / 64) ** 2
+    pixels = int(spec.data) ** 2 if spec.data.isdigit() else HEADLINE_PIXELS.get(spec.data, 64 * 64)
+    return (steps + 0.35 * relabels) * pixels / 64**2
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,6 +626,135 @@ def recipe_markdown(table: dict, scale: Scale, big: Optional[dict], prov: dict, 
 
 
 # --------------------------------------------------------------------------------------------
+# the headline: BoxSup against mask and rectangles, per data set and regime
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One data set of the headline table: preset, image size, split sizes, crop, schedule, and the
+    Selective Search options of its store (None: the method's defaults)."""
+
+    key: str
+    title: str
+    preset: str
+    height: int
+    width: int
+    num_train: int
+    num_val: int
+    crop: int
+    epochs: int
+    lr_step: int
+    ss: Optional[dict]
+
+
+BENCHES = {
+    "easy64": Bench("easy64", "easy preset, 64 px", "easy", 64, 64, 160, 60, 64, 20, 15, SS_64),
+    "easy160": Bench("easy160", "easy preset, 160 px, Selective Search at its defaults", "easy", 160, 160, 96, 24, 160, 30, 22, None),
+    "hard": Bench("hard", "hard preset, 96 x 128 px", "hard", 96, 128, 160, 60, 96, 20, 15, SS_64),
+    # the test suite's: seconds, not meaningful numbers
+    "smoke": Bench("smoke", "smoke", "hard", 32, 48, 6, 4, 32, 1, 1, {"ks": [10, 25], "min_size": 5, "colour_spaces": ["hsv"]}),
+}
+HEADLINE_PIXELS = {key: bench.crop**2 * bench.num_train / 160 for key, bench in BENCHES.items()}
+REGIMES = ("scratch", "pretrained")
+# The paper's relabel recipe: lam 3, sample among the 5 cheapest, every candidate, whole segments,
+# none of the package's additions.
+PAPER_RECIPE = ("relabel.lam=3.0", "relabel.topk=5", "relabel.min_iou=0.0", "relabel.clip_to_box=false", "relabel.lam_warmup_epochs=0",
+                "relabel.agreement=0.0", "relabel.keep_previous=false", "relabel.greedy_from_epoch=0")
+HEADLINE_ROWS = (("mask", "mask", ()), ("boxsup", "boxsup", ()), ("rectangles", "rectangles", ()), ("paper", "boxsup", PAPER_RECIPE))
+# python -m boxsup_ext.pretrain arguments per scale (the width is tiny_fcn's: the config's model.width)
+PRETRAIN_ARGS = {"smoke": ["--width", "4", "--images", "16", "--val-images", "8", "--size", "32", "--epochs", "1", "--batch-size", "8"]}
+
+
+def pretrained_backbone(out: Path, scale: Scale, threads: int) -> Path:
+    """The synthetic 'ImageNet' backbone of the pretrained regime: ``python -m boxsup_ext.pretrain``
+    (defaults; the smoke scale's tiny settings) into ``out/pretrained/``, reused when there."""
+    path = out / "pretrained" / f"tiny_fcn_{scale.name}.pt"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "boxsup_ext.pretrain", "--out", str(path), "--threads", str(max(1, threads or os.cpu_count() or 1))]
+        done = subprocess.run(command + PRETRAIN_ARGS.get(scale.name, []), cwd=REPO, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"pretraining failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+    return path
+
+
+def parse_variants(values: Sequence[str]) -> list:
+    """``--variant NAME:KEY=VALUE;KEY=VALUE`` (repeatable) as (name, overrides): extra boxsup rows."""
+    variants = []
+    for value in values:
+        name, _, body = value.partition(":")
+        overrides = tuple(item.strip() for item in body.split(";") if item.strip())
+        if not name or not overrides or any("=" not in item for item in overrides) or not name.replace("_", "").isalnum():
+            raise InputError(f"--variant {value!r}: give NAME:KEY=VALUE[;KEY=VALUE...] with NAME of letters, digits and _")
+        variants.append((name, overrides))
+    return variants
+
+
+def headline_specs(benches: Sequence[Bench], regimes: Sequence[str], seeds: int, variants: Sequence, backbone: Optional[Path]) -> list:
+    specs = []
+    rows = list(HEADLINE_ROWS) + [(name, "boxsup", overrides) for name, overrides in variants]
+    for bench in benches:
+        for regime in regimes:
+            init = (f"model.pretrained={backbone}",) if regime == "pretrained" else ()
+            for row, mode, overrides in rows:
+                for seed in range(seeds):
+                    specs.append(RunSpec(f"{bench.key}_{regime}_{row}", mode, seed=seed, n_mask=bench.num_train if mode == "mask" else 0,
+                                         n_box=0 if mode == "mask" else bench.num_train, epochs=bench.epochs, lr_step=bench.lr_step,
+                                         data=bench.key, overrides=init + tuple(overrides)))
+    return specs
+
+
+def headline_checks(table: dict, bench: str, regime: str) -> Optional[dict]:
+    """The issue's bar for BoxSup's default on one data set and regime: >= 95% of mask, >= rectangles
+    + 10 points, and no seed more than 3 points below the mean."""
+    key = f"{bench}_{regime}_"
+    box, mask, rect = (table.get(key + row, {}).get("val_miou") for row in ("boxsup", "mask", "rectangles"))
+    if not (box and mask and rect):
+        return None
+    worst = min(box["values"])
+    return {"share_of_mask": box["mean"] / mask["mean"], "over_rectangles": box["mean"] - rect["mean"],
+            "worst_seed_below_mean": box["mean"] - worst,
+            "holds": box["mean"] >= 0.95 * mask["mean"] and box["mean"] - rect["mean"] >= 0.10 and box["mean"] - worst <= 0.03}
+
+
+def headline_markdown(table: dict, benches: Sequence[Bench], regimes: Sequence[str], variants: Sequence, seeds: int, prov: dict, total_s: float) -> str:
+    lines = [
+        "# BoxSup against masks and rectangles: both presets, both regimes",
+        "",
+        f"Commit `{prov['commit']}`{' (with uncommitted changes)' if prov['dirty'] else ''}, {prov['machine']}, Python {prov['python']}, "
+        f"torch {prov['torch']}, {prov['date']}; total {total_s / 60:.1f} min. `tiny_fcn` (width 16) with `configs/synthetic_boxsup.yaml`; "
+        "*scratch*: random initialisation; *pretrained*: the backbone of `python -m boxsup_ext.pretrain` (image-level labels of the "
+        "`pretrain` preset's classes, disjoint from the easy and hard classes). Mean ± sample std over seeds "
+        f"0..{seeds - 1} (training only; data and proposals shared). Val mIoU of the final model; labels: the last epoch's training "
+        "labels against the training ground truth (ignored pixels left out). *boxsup*: the shipped recipe; *paper*: "
+        "lam 3, top-5, every candidate, whole segments.",
+        "",
+    ]
+    names = [row for row, _, _ in HEADLINE_ROWS] + [name for name, _ in variants]
+    for bench in benches:
+        lines += [f"## {bench.title}: {bench.num_train} training / {bench.num_val} validation images, {bench.epochs} epochs", "",
+                  "| row | " + " | ".join(f"{r}: val mIoU (%) | {r}: labels (%)" for r in regimes) + " |",
+                  "|---|" + "---|---|" * len(regimes)]
+        for row in names:
+            cells = []
+            for regime in regimes:
+                entry = table.get(f"{bench.key}_{regime}_{row}")
+                cells += [pm(entry["val_miou"]) if entry else "-", pm(entry["label_miou"]) if entry else "-"]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for regime in regimes:
+            check = headline_checks(table, bench.key, regime)
+            entry = table.get(f"{bench.key}_{regime}_boxsup")
+            if check and entry:
+                seeds_text = " / ".join(f"{100 * v:.1f}" for v in entry["val_miou"]["values"])
+                lines.append(f"- {regime}: boxsup {100 * check['share_of_mask']:.1f}% of mask, {100 * check['over_rectangles']:+.2f} points "
+                             f"over rectangles, worst seed {100 * check['worst_seed_below_mean']:.2f} below the mean (seeds {seeds_text}): "
+                             f"{'meets' if check['holds'] else 'MISSES'} the bar (>= 95%, >= +10, <= 3)")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -630,7 +766,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="runs in parallel (each a subprocess with cores / N threads)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cores / workers)")
     parser.add_argument("--recipes", action="store_true", help="run the recipe study instead of the tables")
+    parser.add_argument("--headline", action="store_true",
+                        help="BoxSup's default against mask, rectangles and the paper's recipe on --benches x --regimes (headline.md/.json)")
+    parser.add_argument("--benches", default="easy64,easy160,hard", help=f"with --headline: data sets among {', '.join(BENCHES)}")
+    parser.add_argument("--regimes", default="scratch,pretrained", help="with --headline: scratch, pretrained or both")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE;...",
+                        help="with --headline: an extra boxsup row with these config overrides (repeatable)")
     args = parser.parse_args(argv)
+    if args.headline:
+        return headline_main(args)
     scale = SCALES["smoke" if args.smoke else "quick" if args.quick else "full"]
     seeds = args.seeds if args.seeds is not None else (scale.recipe_seeds if args.recipes else scale.seeds)
     if seeds < 1:
@@ -687,6 +831,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         atomic_write_bytes(out / "tables.md", text.encode())
         atomic_write_json(out / "results.json", report)
         print(text)
+    print(f"total time {total_s:.0f}s ({total_s / 60:.1f} min); wrote {out}", flush=True)
+    return 0
+
+
+def headline_main(args: argparse.Namespace) -> int:
+    benches = [b.strip() for b in args.benches.split(",") if b.strip()]
+    regimes = [r.strip() for r in args.regimes.split(",") if r.strip()]
+    if args.smoke:
+        benches = ["smoke"]
+    bad = [b for b in benches if b not in BENCHES] + [r for r in regimes if r not in REGIMES]
+    if bad or not benches or not regimes:
+        raise InputError(f"--benches/--regimes: unknown or empty ({', '.join(bad) or 'nothing given'}); choose from "
+                         f"{', '.join(BENCHES)} and {', '.join(REGIMES)}")
+    variants = parse_variants(args.variant)
+    scale = SCALES["smoke" if args.smoke else "quick" if args.quick else "full"]
+    seeds = args.seeds if args.seeds is not None else scale.seeds
+    if seeds < 1 or args.workers < 1:
+        raise InputError(f"--seeds and --workers must be at least 1, got {seeds} and {args.workers}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    prov = provenance()
+    datas = {}
+    for key in benches:
+        b = BENCHES[key]
+        datas[key] = prepare_data(out / f"data_{key}", b.num_train, b.num_val, b.crop, ("selective_search", "rectangles"),
+                                  {"selective_search": b.ss} if b.ss else {}, args.workers, preset=b.preset, height=b.height, width=b.width)
+    backbone = pretrained_backbone(out, scale, args.threads) if "pretrained" in regimes else None
+    print(f"data, proposals and backbone ready in {time.perf_counter() - started:.0f}s", flush=True)
+    specs = headline_specs([BENCHES[k] for k in benches], regimes, seeds, variants, backbone)
+    specs = [replace(s, overrides=tuple(scale.extra) + tuple(s.overrides)) for s in specs]
+    print(f"{len(specs)} runs, {args.workers} at a time", flush=True)
+    rows = run_all(specs, datas, out, args.workers, args.threads)
+    table = aggregate(rows)
+    total_s = time.perf_counter() - started
+    text = headline_markdown(table, [BENCHES[k] for k in benches], regimes, variants, seeds, prov, total_s)
+    checks = {f"{b}_{r}": headline_checks(table, b, r) for b in benches for r in regimes}
+    report = {"provenance": prov, "seeds": seeds, "total_seconds": total_s, "table": table, "checks": checks, "runs": rows,
+              "benches": {k: vars(BENCHES[k]) for k in benches}, "regimes": regimes, "backbone": str(backbone) if backbone else None,
+              "variants": {name: list(o) for name, o in variants}}
+    atomic_write_bytes(out / "headline.md", text.encode())
+    atomic_write_json(out / "headline.json", report)
+    print(text)
     print(f"total time {total_s:.0f}s ({total_s / 60:.1f} min); wrote {out}", flush=True)
     return 0
 

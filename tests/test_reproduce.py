@@ -80,3 +80,26 @@ def test_bad_arguments(tmp_path):
     reproduce = load_reproduce()
     with pytest.raises(InputError, match="--seeds"):
         reproduce.main(["--smoke", "--seeds", "0", "--out", str(tmp_path)])
+
+
+def test_headline_smoke_runs_both_regimes_and_reports_the_bar(tmp_path):
+    reproduce = load_reproduce()
+    out = tmp_path / "headline"
+    assert reproduce.main(["--headline", "--smoke", "--out", str(out), "--variant", "vote:relabel.agreement=0.8"]) == 0
+    report = json.loads((out / "headline.json").read_text())
+    table = report["table"]
+    for regime in ("scratch", "pretrained"):
+        for row in ("mask", "boxsup", "rectangles", "paper", "vote"):
+            assert table[f"smoke_{regime}_{row}"]["val_miou"]["n"] == 1, (regime, row)
+        assert set(report["checks"][f"smoke_{regime}"]) >= {"share_of_mask", "over_rectangles", "worst_seed_below_mean", "holds"}
+    # the pretrained regime's runs start from the pretraining step's backbone; the paper row is the paper's recipe
+    backbone = report["backbone"]
+    assert backbone and (tmp_path / "headline" / "pretrained").is_dir()
+    assert f"model.pretrained={backbone}" in table["smoke_pretrained_boxsup"]["overrides"]
+    assert not any(o.startswith("model.pretrained") for o in table["smoke_scratch_boxsup"]["overrides"])
+    assert "relabel.lam=3.0" in table["smoke_scratch_paper"]["overrides"]
+    assert "relabel.agreement=0.8" in table["smoke_scratch_vote"]["overrides"]
+    text = (out / "headline.md").read_text()
+    assert "| paper |" in text and "of mask" in text
+    with pytest.raises(reproduce.InputError, match="--variant"):
+        reproduce.parse_variants(["no colon"])
