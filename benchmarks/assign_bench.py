@@ -2,7 +2,7 @@
 
     python benchmarks/assign_bench.py [--device cpu|cuda] [--threads 1] [--repeats 15] [--json PATH]
 
-Cases (ARCHITECTURE.md section 5):
+Cases (the performance contract of docs/ops.md, Benchmark figures):
   voc         375 x 500 image, C = 21, N = 2,000 hierarchical candidates over U = 800 superpixels, M = 3
   voc-pixels  the same image with per-pixel units (U = 187,500), N = 2,000 blobby masks
   batched     64 VOC-sized images per call (reported in images per second)

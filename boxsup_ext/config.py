@@ -172,7 +172,7 @@ class RunConfig:
     progress: bool = True
     """Progress bars on the main rank."""
     tensorboard: bool = True
-    """Also write TensorBoard event files under the run directory."""
+    """Also write TensorBoard event files under the run directory, when the ``tensorboard`` package is installed (an extra: ``pip install .[tensorboard]``); without it the run writes ``log.jsonl`` only and says so at start."""
 
 
 @dataclass

@@ -86,7 +86,8 @@ __all__ = [
 
 
 def build_info() -> dict:
-    """Facts about the compiled kernels: version, CUDA compiled in, threads, parallel backend."""
+    """Facts about the compiled kernels: ``version``, ``cuda_compiled`` (CUDA kernels built in),
+    ``num_threads`` (ATen's intra-op threads), ``torch_built_against``, ``cuda_available``."""
     return {
         "version": _C.version(),
         "cuda_compiled": bool(_C.cuda_compiled()),

@@ -7,8 +7,9 @@ For every box m (class c) and candidate segment n of an image,
 with IoU the paper's box IoU between box m and the tight box of candidate n (or, by option, the
 pixel IoU of the candidate with the box's rectangle) and meanCE the mean over the candidate's pixels
 of -log softmax(logits)[c]. One candidate is drawn uniformly among the ``k`` cheapest (k = 1: the
-greedy variant), with a random generator seeded by (seed, epoch, image id) only, so the labels do
-not depend on batch size, worker count or rank count. The chosen segments are painted with their
+greedy variant), with a random generator seeded by (seed, epoch, image id) only, so on a CPU the
+labels do not depend on batch size, worker count or rank count (on a GPU images of one size share a
+bfloat16 forward, see :func:`network_logits`). The chosen segments are painted with their
 boxes' classes (larger first, so smaller segments end on top); everything else is background.
 A box without any non-empty candidate is marked ignore (255) inside its rectangle rather than
 silently becoming background.

@@ -10,7 +10,9 @@ one epoch of SGD on the stored labels, validate every few epochs, checkpoint. Mo
 Images whose source gives masks (``supervision: mask`` or ``auto`` with masks) always use them.
 Under ``torchrun --nproc_per_node=K`` it trains with DistributedDataParallel, relabeling a share of
 the images on each rank; rank 0 logs and checkpoints. ``--resume`` continues a run exactly, with
-the same bits as an uninterrupted run, whatever stopped it; SIGINT/SIGTERM save a checkpoint at the
+the same bits as an uninterrupted run on a CPU (tested), whatever stopped it; on a GPU the relabel
+forward runs batched under bfloat16 and cuDNN is not deterministic, so last bits can differ.
+SIGINT/SIGTERM save a checkpoint at the
 next batch boundary before exiting. One trainer at a time holds a run directory (an OS lock).
 """
 
@@ -60,7 +62,6 @@ from boxsup_ext.utils.errors import STORAGE_ERRNOS
 # SIGTERM, SIGINT, SIGSTOP) right after that training step.
 FAULT_ENV = "BOXSUP_FAULT_AT"
 RELABELED_MODES = ("boxsup", "boxsup_greedy")
-# Failures of the run directory's storage rather than of the program: one line, not a traceback.
 
 
 class StopRequested(Exception):
@@ -633,6 +634,7 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
     log = None
     if ctx.is_main:
         log = EpochLog(run.log_file, run.tensorboard if config.run.tensorboard else None)
+        print(f"logging to {log.loggers}", flush=True)
         log.truncate_after(state.start_epoch - 1)
     after_step = fault_injection_from_env()
     val_result = None

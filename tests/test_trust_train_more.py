@@ -358,3 +358,15 @@ def test_ctrl_c_in_the_demo_is_one_line_and_says_how_to_continue(tmp_path, capsy
     assert run_cli(demo_main, ["--out", str(tmp_path / "demo"), "--modes", "mask"]) == 130
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err and "the same command again" in err, err
+
+
+def test_the_log_says_which_loggers_are_in_use(tmp_path, monkeypatch):
+    import sys
+
+    from boxsup_ext.training.logbook import EpochLog
+
+    assert EpochLog(tmp_path / "a.jsonl").loggers == "a.jsonl"
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # not installed: the import fails
+    missing = EpochLog(tmp_path / "b.jsonl", tmp_path / "tb")
+    assert "not installed" in missing.loggers and "boxsup_ext[tensorboard]" in missing.loggers
+    assert not (tmp_path / "tb").exists()

@@ -1,4 +1,4 @@
-"""The candidate form of one image: units + membership bitmasks (ARCHITECTURE.md section 3).
+"""The candidate form of one image: units + membership bitmasks (docs/ops.md, Conventions).
 
 ``units`` is an integer map [H, W] with values in [0, U): the unit (superpixel) of each pixel.
 ``members`` is int64 [N, num_words(U)]: bit ``u % 64`` of word ``u // 64`` of row n is set when

@@ -2,7 +2,7 @@
 
 Methods (plug-ins, see ``registry``): ``selective_search``, ``mcg`` (import of MCG's released
 ``.mat`` files), ``grabcut`` and ``rectangles`` (the paper's fixed-mask baselines). Every method
-returns candidates in the units + members form of ARCHITECTURE.md section 3.
+returns candidates in the units + members form (``boxsup_ext.core.candidates``; docs/ops.md, Conventions).
 """
 
 from __future__ import annotations

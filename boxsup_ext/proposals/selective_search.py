@@ -2,7 +2,8 @@
 
 Pipeline for one image:
 
-1. Felzenszwalb segmentations for every (colour space, k) pair (``felzenszwalb.segment``).
+1. Felzenszwalb segmentations for every (colour space, k) pair: one pixel graph per colour space
+   (``felzenszwalb.pixel_graph``), segmented at each k (``felzenszwalb.segment_graph``).
 2. Units = the common refinement of those segmentations (pixels that share a region in every
    one of them), with slivers under ``min_unit_size`` pixels joined to a neighbour, so each
    base region, and each union of base regions, is a set of units.

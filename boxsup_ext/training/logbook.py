@@ -23,7 +23,9 @@ def _clean(value: Any) -> Any:
 
 class EpochLog:
     """The run's ``log.jsonl``: one JSON object per epoch. Kept in memory and rewritten through a
-    temporary file on each append, so a crash never leaves a torn line."""
+    temporary file on each append, so a crash never leaves a torn line. With ``tensorboard_dir``,
+    also TensorBoard scalars when the tensorboard package is installed; ``loggers`` says in words
+    which of the two are in use (the trainer prints it once at start)."""
 
     def __init__(self, path: Path, tensorboard_dir: Optional[Path] = None) -> None:
         self.path = Path(path)
@@ -35,13 +37,16 @@ class EpochLog:
             # older version without the atomic rewrite) is dropped, other damage is one line
             self.entries = read_log(self.path)
         self._writer = None
+        self.loggers = f"{self.path.name}"
         if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard not installed: JSONL only
+            except ImportError:  # tensorboard not installed: JSONL only, said once in ``loggers``
                 SummaryWriter = None
+                self.loggers += " only (run.tensorboard is on but the tensorboard package is not installed: pip install 'boxsup_ext[tensorboard]')"
             if SummaryWriter is not None:  # an unwritable folder is the caller's error, not silence
                 self._writer = SummaryWriter(str(tensorboard_dir))
+                self.loggers += f" and TensorBoard events in {tensorboard_dir}"
 
     def truncate_after(self, epoch: int) -> None:
         """Forget entries of epochs after ``epoch``: the trainer logs an epoch before checkpointing
