@@ -6,6 +6,8 @@
     checkpoints/latest.pt, best.pt       checkpoints (:mod:`boxsup_ext.training.state`)
     labels/<image_id>.png                the current training labels
     labels/snapshots/epoch_<NNN>/        copies of the labels after chosen epochs (for figures)
+    labels/choices/epoch_<NNN>.json      the candidate each box took in that epoch's relabel round,
+                                         by image id (the images it relabeled; for ``export``)
     log.jsonl                            one JSON object per epoch
     metrics/train_summary.json           once the run has finished; evaluate adds eval_<tag>.json
     tensorboard/                         TensorBoard events, when enabled
@@ -24,6 +26,7 @@ from typing import Any, Optional, Union
 from boxsup_ext.utils import InputError
 
 _SNAPSHOT_DIR = re.compile(r"^epoch_(\d+)$")
+_CHOICES_FILE = re.compile(r"^epoch_(\d+)\.json$")
 CHECKPOINT_KINDS = ("final", "best")
 
 
@@ -89,6 +92,9 @@ class RunDir:
 
     def snapshot_dir(self, epoch: int) -> Path:
         return self.labels / "snapshots" / f"epoch_{epoch:03d}"
+
+    def choices_file(self, epoch: int) -> Path:
+        return self.labels / "choices" / f"epoch_{epoch:03d}.json"
 
     def read_config(self) -> Any:
         """The run's resolved trainer config (a :class:`boxsup_ext.config.Config`)."""
@@ -186,15 +192,24 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 def snapshot_epochs(run: RunDir) -> list[int]:
     """Epoch numbers that have a label snapshot directory, ascending."""
-    root = run.labels / "snapshots"
+    return _numbered(run.labels / "snapshots", _SNAPSHOT_DIR, folders=True)
+
+
+def choice_epochs(run: RunDir) -> list[int]:
+    """Epoch numbers that have a ``labels/choices/epoch_<NNN>.json`` record, ascending."""
+    return _numbered(run.labels / "choices", _CHOICES_FILE, folders=False)
+
+
+def _numbered(root: Path, pattern: "re.Pattern[str]", folders: bool) -> list[int]:
+    """The numbers of the entries of ``root`` whose names match ``pattern`` (folders or files), ascending."""
     if not root.is_dir():
         return []
-    epochs = []
+    found = []
     for child in root.iterdir():
-        match = _SNAPSHOT_DIR.match(child.name)
-        if match and child.is_dir():
-            epochs.append(int(match.group(1)))
-    return sorted(epochs)
+        match = pattern.match(child.name)
+        if match and (child.is_dir() if folders else child.is_file()):
+            found.append(int(match.group(1)))
+    return sorted(found)
 
 
 def snapshot_path(run: RunDir, epoch: int, image_id: str) -> Optional[Path]:

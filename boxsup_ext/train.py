@@ -437,6 +437,13 @@ def _relabel_input(datasets: Sequence[Any], stores: dict[int, Any], image: Train
                         None if previous is None else np.asarray(previous, dtype=np.int64))
 
 
+def save_choices(run: RunDir, epoch: int, choices: dict[str, list[int]]) -> None:
+    """Keep the candidate each box took in this epoch's relabel round (image id -> one index per
+    box, -1 for none) as ``labels/choices/epoch_NNN.json``, compact, so that ``export`` can rebuild
+    the instances of any epoch's labels. Read by nothing the trainer computes."""
+    atomic_write_json(run.choices_file(epoch), {"epoch": epoch, "choices": choices}, indent=None)
+
+
 def snapshot_labels(run: RunDir, epoch: int, images: Sequence[TrainImage]) -> None:
     """Copy the current label PNGs to ``labels/snapshots/epoch_NNN/`` (for figures)."""
     for image in images:
@@ -699,6 +706,8 @@ def labels_of_epoch(
             raise
         state.label_state = {"epoch": epoch, "fixed_done": True, "choices": label_round.choices,
                              "round": {"seconds": label_round.seconds, "stats": label_round.stats, "label_miou": label_round.label_miou}}
+        if ctx.is_main and label_round.choices:
+            save_choices(run, epoch, label_round.choices)
         if ctx.is_main and epoch in config.relabel.snapshot_epochs:
             snapshot_labels(run, epoch, training.images)
     saved = state.label_state.get("round")

@@ -45,14 +45,17 @@ def _build_voc_palette() -> list[int]:
 _VOC_PALETTE = tuple(_build_voc_palette())
 
 
-def encode_label_png(label: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 [H, W] label map in palette mode with the VOC palette."""
+def encode_label_png(label: np.ndarray, palette: bool = True) -> bytes:
+    """PNG bytes of a uint8 [H, W] label map in palette mode with the VOC palette, or with
+    ``palette=False`` as a single-channel grayscale ('L') PNG of the same class indices (what
+    mmsegmentation's annotation loader expects); :func:`load_label_png` reads both."""
     label = np.asarray(label)
     if label.ndim != 2 or label.dtype != np.uint8:
         raise ValueError(f"label must be a uint8 [H, W] array, got {label.dtype} {label.shape}")
     height, width = label.shape
-    image = Image.frombytes("P", (width, height), np.ascontiguousarray(label).tobytes())
-    image.putpalette(_VOC_PALETTE)
+    image = Image.frombytes("P" if palette else "L", (width, height), np.ascontiguousarray(label).tobytes())
+    if palette:
+        image.putpalette(_VOC_PALETTE)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()

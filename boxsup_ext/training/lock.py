@@ -110,6 +110,28 @@ class RunLock:
         self.release()
 
 
+def run_holder(run_dir: Path) -> Optional[str]:
+    """Who holds the run directory's lock (``"pid N"``, or ``"another process"`` when the file does
+    not say), or None when no trainer does. Probes without creating the lock file; the probe holds
+    a shared lock for an instant only."""
+    try:
+        fd = os.open(RunDir(run_dir).lock_file, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: no trainer has the run
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        holder = _read_pid(fd)
+        return f"pid {holder}" if holder else "another process"
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def _read_pid(fd: int) -> Optional[int]:
     try:
         text = os.pread(fd, 32, 0).decode(errors="replace").strip()

@@ -16,7 +16,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -75,7 +75,8 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
         handle.write(data)
 
 
-def atomic_write_json(path: PathLike, obj: Any, indent: int = 2) -> None:
+def atomic_write_json(path: PathLike, obj: Any, indent: Optional[int] = 2) -> None:
+    """JSON through a temporary file; ``indent=None`` writes it on one line."""
     with atomic_write(path, "w") as handle:
         json.dump(obj, handle, indent=indent, sort_keys=False)
         handle.write("\n")
