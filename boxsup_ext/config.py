@@ -80,11 +80,11 @@ class ModelConfig:
     """The segmentation network and its initialisation."""
 
     name: str = "vgg16_largefov"
-    """Network: ``vgg16_largefov`` (DeepLab-LargeFOV VGG-16, the paper's) or ``tiny_fcn`` (small, for CPU runs)."""
+    """Network: ``vgg16_largefov`` (DeepLab-LargeFOV VGG-16, the paper's), ``resnet101_deeplabv2`` / ``resnet50_deeplabv2`` (DeepLab-v2: output stride 8, summed ASPP classifier at rates 6/12/18/24, the setting of later box-supervised work), ``resnet101_deeplabv3plus`` / ``resnet50_deeplabv3plus`` (DeepLab-v3+: ASPP with image pooling and the decoder, logits at stride 4) or ``tiny_fcn`` (small, for CPU runs)."""
     num_classes: int = 0
     """Classes including background; 0 takes the dataset's count."""
     pretrained: str = ""
-    """Backbone initialisation; empty trains from scratch. ``vgg16_largefov``: ImageNet weights, the path of a torchvision VGG-16 state dict (``vgg16-397923af.pth``) or ``imagenet`` (download). ``tiny_fcn``: a file written by ``python -m boxsup_ext.pretrain`` (image-level pretraining on disjoint synthetic classes) with the same ``width``; the classifier stays fresh."""
+    """Backbone initialisation; empty trains from scratch. ``vgg16_largefov``: ImageNet weights, the path of a torchvision VGG-16 state dict (``vgg16-397923af.pth``) or ``imagenet`` (download). ``tiny_fcn``: a file written by ``python -m boxsup_ext.pretrain`` (image-level pretraining on disjoint synthetic classes) with the same ``width``; the classifier stays fresh. ResNet models: a local torchvision ImageNet file of the same depth (``resnet101-63fe2227.pth`` or ``resnet101-cd907fc2.pth``; ``resnet50-0676ba61.pth`` or ``resnet50-11ad3fa6.pth``; ``fc.*`` is ignored)."""
     fc_init: str = "deeplab"
     """``deeplab`` converts the ImageNet fc6/fc7 to convolutions as DeepLab did (needs ``fc_channels`` 1024); ``fresh`` initialises them randomly."""
     fc_channels: int = 1024
@@ -92,7 +92,11 @@ class ModelConfig:
     width: int = 16
     """Channel width of ``tiny_fcn``."""
     dropout: float = 0.5
-    """Dropout probability after fc6 and fc7, in [0, 1]."""
+    """Dropout probability, in [0, 1]: after fc6 and fc7 (``vgg16_largefov``), after the ASPP projection (DeepLab-v3+), before the classifier (``tiny_fcn``); DeepLab-v2 has none."""
+    bn: str = ""
+    """Batch norm of the ResNet models: ``frozen`` (eval mode, affine parameters fixed, through training too: DeepLab-v2's practice for batches of 10-20), ``train`` (ordinary batch norm) or ``sync`` (ordinary, synchronised across processes with SyncBatchNorm under ``torchrun`` on GPUs; plain batch norm in one process); empty = ``frozen``. It applies to the backbone; the DeepLab-v3+ head's batch norm always trains. ``tiny_fcn`` (always trains its batch norm) and ``vgg16_largefov`` (none) refuse a non-empty value."""
+    encoder_stride: int = 16
+    """Output stride of the DeepLab-v3+ encoder (ResNet + ASPP): 16 (ASPP rates 6/12/18) or 8 (rates doubled, several times the FLOPs); the logits are at stride 4 either way."""
     init_checkpoint: str = ""
     """Start from this ``boxsup_ext.train`` checkpoint's weights (fine-tuning)."""
     replace_classifier: bool = False
@@ -396,6 +400,9 @@ def validate(config: Config) -> None:
         (config.train.lr_gamma > 0, f"train.lr_gamma must be positive, got {config.train.lr_gamma}"),
         (config.train.classifier_lr_mult > 0, f"train.classifier_lr_mult must be positive, got {config.train.classifier_lr_mult}"),
         (0 <= config.model.dropout <= 1, f"model.dropout must be in [0, 1], got {config.model.dropout}"),
+        (config.model.bn in ("", "frozen", "train", "sync"),
+         f"model.bn must be frozen, train, sync or empty (the model's own), got {config.model.bn!r}"),
+        (config.model.encoder_stride in (8, 16), f"model.encoder_stride must be 8 or 16, got {config.model.encoder_stride}"),
         (config.run.seed >= 0, f"run.seed must be 0 or more, got {config.run.seed}"),
         (config.run.threads >= 0, f"run.threads must be 0 (torch's default) or more, got {config.run.threads}"),
         (config.train.lr_step >= 1, f"train.lr_step must be at least 1, got {config.train.lr_step}"),

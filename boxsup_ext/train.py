@@ -40,7 +40,7 @@ from boxsup_ext.data import TrainImage, TrainingSet, open_source, open_training_
 from boxsup_ext.core import IGNORE_LABEL
 from boxsup_ext.evaluation.evaluator import ConfusionAccumulator, InferenceSettings, LabelPredictor
 from boxsup_ext.evaluation.metrics import ignored_prediction_counts, miou_from_confusion
-from boxsup_ext.models import IMAGENET_MEAN, IMAGENET_STD, model_from_config, model_meta, unwrap_model
+from boxsup_ext.models import IMAGENET_MEAN, IMAGENET_STD, convert_sync_batchnorm, model_from_config, model_meta, unwrap_model
 from boxsup_ext.relabel import RelabelInput, RelabelSettings, relabel_batch
 from boxsup_ext.run_dir import RunDir, read_log
 from boxsup_ext.training.data import LabelledImages, epoch_batches, epoch_loader, gt_label_map, rank_slice
@@ -187,6 +187,8 @@ def build_state(config: Config, ctx: DistContext, training: TrainingSet, checkpo
     np.random.seed(config.run.seed % (1 << 32))
     num_classes = config.model.num_classes or training.num_classes
     model = model_from_config(config.model, num_classes).to(ctx.device)
+    if ctx.distributed:  # model.bn=sync: SyncBatchNorm before the optimizer and the DDP wrap below
+        model = convert_sync_batchnorm(model, ctx.device)
     optimizer, scheduler = make_optimizer(model, config)
     scaler = torch.amp.GradScaler("cuda") if config.train.amp and ctx.device.type == "cuda" else None
     state = TrainState(model, optimizer, scheduler, scaler, model_meta(model, class_names=training.class_names))

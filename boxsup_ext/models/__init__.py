@@ -1,8 +1,11 @@
-"""Segmentation networks: ``vgg16_largefov`` (the paper's) and ``tiny_fcn`` (CPU demos, tests).
+"""Segmentation networks: ``vgg16_largefov`` (the paper's), ``resnet101_deeplabv2`` /
+``resnet50_deeplabv2`` and ``resnet101_deeplabv3plus`` / ``resnet50_deeplabv3plus`` (what later
+box-supervised work reports, see :mod:`boxsup_ext.models.resnet`) and ``tiny_fcn`` (CPU demos, tests).
 
 Every model takes ImageNet-normalised RGB float32 [B, 3, H, W] and returns logits
 [B, num_classes, ceil(H / s), ceil(W / s)] with ``s = model.output_stride``; it has
-``num_classes``, a 1 x 1 conv ``classifier`` and ``replace_classifier(num_classes)``.
+``num_classes``, a ``classifier`` (a 1 x 1 conv; DeepLab-v2's summed ASPP convs) whose learning
+rate is scaled by ``train.classifier_lr_mult``, and ``replace_classifier(num_classes)``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boxsup_ext.models.resnet import (
+    DeepLabV2,
+    DeepLabV3Plus,
+    convert_sync_batchnorm,
+    load_resnet_imagenet,
+    resnet50_deeplabv2,
+    resnet50_deeplabv3plus,
+    resnet101_deeplabv2,
+    resnet101_deeplabv3plus,
+)
 from boxsup_ext.models.tiny import TinyFCN, tiny_fcn
 from boxsup_ext.models.vgg import VGG16LargeFOV, load_vgg16_imagenet, vgg16_largefov
 from boxsup_ext.utils import InputError
@@ -24,7 +37,14 @@ from boxsup_ext.utils import InputError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"vgg16_largefov": vgg16_largefov, "tiny_fcn": tiny_fcn}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "vgg16_largefov": vgg16_largefov,
+    "resnet101_deeplabv2": resnet101_deeplabv2,
+    "resnet50_deeplabv2": resnet50_deeplabv2,
+    "resnet101_deeplabv3plus": resnet101_deeplabv3plus,
+    "resnet50_deeplabv3plus": resnet50_deeplabv3plus,
+    "tiny_fcn": tiny_fcn,
+}
 # Builder arguments that only say how to initialise; a checkpoint does not need them to rebuild.
 _INIT_ONLY_ARGS = ("pretrained", "fc_init")
 
@@ -32,14 +52,18 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MODELS",
+    "DeepLabV2",
+    "DeepLabV3Plus",
     "TinyFCN",
     "VGG16LargeFOV",
     "build_model",
     "checkpoint_state_dict",
+    "convert_sync_batchnorm",
     "image_to_tensor",
     "init_from_checkpoint",
     "load_checkpoint_file",
     "load_model_from_checkpoint",
+    "load_resnet_imagenet",
     "load_vgg16_imagenet",
     "model_from_config",
     "model_meta",
@@ -47,6 +71,10 @@ __all__ = [
     "predict_logits",
     "read_checkpoint_bytes",
     "read_model_checkpoint",
+    "resnet101_deeplabv2",
+    "resnet101_deeplabv3plus",
+    "resnet50_deeplabv2",
+    "resnet50_deeplabv3plus",
     "tiny_fcn",
     "unwrap_model",
     "vgg16_largefov",
@@ -54,10 +82,12 @@ __all__ = [
 
 
 def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """Build a model by name (``vgg16_largefov`` or ``tiny_fcn``) with ``num_classes`` outputs.
+    """Build a model by name (a key of :data:`MODELS`) with ``num_classes`` outputs.
 
     ``kwargs`` go to the builder: for ``vgg16_largefov`` ``pretrained`` (path or ``"imagenet"``),
-    ``fc_init`` (``"deeplab"``/``"fresh"``), ``fc_channels``, ``dropout``; for ``tiny_fcn``
+    ``fc_init`` (``"deeplab"``/``"fresh"``), ``fc_channels``, ``dropout``; for the ResNets
+    ``pretrained`` (a torchvision ImageNet file), ``bn`` (``frozen``/``train``/``sync``), for
+    DeepLab-v3+ also ``encoder_stride`` (16/8) and ``dropout``; for ``tiny_fcn``
     ``width``, ``dropout``, ``pretrained`` (a ``python -m boxsup_ext.pretrain`` file). The result records its own rebuild recipe in ``model.build_args``.
     """
     accepted = _builder_arguments(name)
@@ -72,8 +102,16 @@ def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 def model_from_config(cfg: Any, num_classes: int) -> nn.Module:
     """The network a config's ``model:`` section (``ModelConfig``) describes, with ``num_classes``
     outputs: the builder of ``cfg.name`` takes the fields of the section its arguments name; with
-    ``cfg.init_checkpoint`` it starts from that trainer checkpoint (see :func:`init_from_checkpoint`)."""
-    kwargs = {argument: getattr(cfg, argument) for argument in _builder_arguments(cfg.name)}
+    ``cfg.init_checkpoint`` it starts from that trainer checkpoint (see :func:`init_from_checkpoint`).
+    An empty ``model.bn`` takes the model's own batch norm; a model without a ``bn`` argument
+    (``tiny_fcn`` always trains its batch norm, ``vgg16_largefov`` has none) refuses any other."""
+    arguments = _builder_arguments(cfg.name)
+    if cfg.bn and "bn" not in arguments:
+        raise InputError(
+            f"model.bn={cfg.bn} applies to the ResNet models only; {cfg.name} has no batch-norm choice "
+            "(tiny_fcn always trains its batch norm, vgg16_largefov has none): leave model.bn empty"
+        )
+    kwargs = {argument: getattr(cfg, argument) for argument in arguments if not (argument == "bn" and not cfg.bn)}
     model = build_model(cfg.name, num_classes, **kwargs)
     if cfg.init_checkpoint:
         init_from_checkpoint(model, Path(cfg.init_checkpoint), cfg.replace_classifier)

@@ -1,8 +1,9 @@
 """Reading ``model.pretrained`` state dicts: the file, its keys and their shapes, each problem one line.
 
-Both initialisations go through here: a torchvision VGG-16 ImageNet file for ``vgg16_largefov``
-(:func:`boxsup_ext.models.vgg.load_vgg16_imagenet`) and a ``python -m boxsup_ext.pretrain`` file
-for the backbone of ``tiny_fcn`` (:func:`load_module_strict`).
+Every initialisation goes through here: a torchvision VGG-16 ImageNet file for ``vgg16_largefov``
+(:func:`boxsup_ext.models.vgg.load_vgg16_imagenet`), a torchvision ResNet file for the ResNet
+DeepLab backbones (:func:`boxsup_ext.models.resnet.load_resnet_imagenet`) and a ``python -m
+boxsup_ext.pretrain`` file for the backbone of ``tiny_fcn`` (both through :func:`load_module_strict`).
 """
 
 from __future__ import annotations
@@ -56,17 +57,24 @@ def expect_tensor(state: Mapping[str, torch.Tensor], key: str, shape: tuple[int,
     return tensor
 
 
-def load_module_strict(module: nn.Module, state: Mapping[str, torch.Tensor], prefix: str, source: str, advice: str) -> None:
+def load_module_strict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], prefix: str, source: str, advice: str, optional: tuple[str, ...] = ()
+) -> None:
     """Load ``state`` into ``module`` (parameters and buffers, e.g. batch-norm running statistics),
     whose keys in ``state`` start with ``prefix`` (``"features."``): every key must be there with
-    the module's shape, and ``state`` must hold no other key.
+    the module's shape, and ``state`` must hold no other key. A module key ending with one of
+    ``optional`` (``"num_batches_tracked"``) may be absent; it then keeps the module's value.
 
     Raises:
         InputError: one line naming the file, the first missing, misshapen or unexpected key, and
             ``advice``.
     """
     own = module.state_dict()
-    loaded = {key: expect_tensor(state, prefix + key, tuple(value.shape), source, advice) for key, value in own.items()}
+    loaded = {
+        key: value if optional and key.endswith(optional) and prefix + key not in state
+        else expect_tensor(state, prefix + key, tuple(value.shape), source, advice)
+        for key, value in own.items()
+    }
     unexpected = [key for key in state if not (key.startswith(prefix) and key[len(prefix) :] in own)]
     if unexpected:
         raise InputError(f"{WHAT}: {source} has unexpected key {unexpected[0]!r} ({len(unexpected)} in all); {advice}")
