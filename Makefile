@@ -29,7 +29,8 @@ $(STAMP): $(PY) $(BUILD_INPUTS)
 	$(PIP) install setuptools wheel ninja pybind11
 	@# pydensecrf2 ships as source and needs its own isolated build (Cython); everything else is a wheel.
 	$(PIP) install "pydensecrf2>=1.0"
-	$(PIP) install --no-build-isolation -e ".[test]"
+	@# [sam]: transformers for the sam proposal method and its tests (~15 s, ~200 MB with its dependencies).
+	$(PIP) install --no-build-isolation -e ".[test,sam]"
 	@touch $(STAMP)
 
 demo: setup
