@@ -9,18 +9,20 @@ background with faint line clutter.
 
 ``hard`` (192 x 256, 1..5 objects, ``min_visible`` 0.3): eight classes that differ by shape as well
 as appearance. Each class draws its instances from one shape family (round, pointy, hollow, thin,
-curved) at a random size, rotation and aspect; classes sharing a colour scheme and texture differ
-only by family, and classes sharing a family differ by texture or colour. Thin objects (bars, L and
-U shapes, snakes, crescents) and concave ones (stars, rings, C shapes, crescents), whose filled box
-covers much more than the object, are common. Each image also holds 0..3 unlabelled distractors,
-drawn like objects in styles that are no class (a class's colours and texture on the ``angular``
+curved) at a random size, rotation and aspect; every class has its own look (colour pair or
+texture), six of the eight share their colour pair with a class of another family, and classes
+sharing a family differ by texture or colour. Thin objects (bars, L and U shapes, snakes, crescents)
+and concave ones (stars, rings, C shapes, crescents), whose filled box covers much more than the
+object, are common. Each image also holds 0..3 unlabelled distractors, drawn like objects in styles
+that are no class (a class's colour pair with the ``grid`` texture no class has, on the ``angular``
 family no class uses, or a colour scheme no class uses on any family): they are background (0) in
 both label maps, have no box, and occlude or are occluded by the objects. The background is
 cluttered: a multi-scale smooth colour field under texture patches and line segments in the
 preset's own colours, so colour alone does not find the objects.
 
 ``pretrain`` (as ``hard``): eight other classes, in colour schemes that no easy or hard class uses,
-with the same families, backgrounds and distractor rules as ``hard``: synthetic data to pretrain a
+with the same families, backgrounds and distractor rules as ``hard`` (here pairs of classes share
+colour pair and texture and differ by family alone): synthetic data to pretrain a
 backbone on that never shows the classes BoxSup is later trained on.
 
 In every preset objects overlap and occlude each other (each keeps at least ``min_visible`` of its
