@@ -277,3 +277,16 @@ def test_prepare_synthetic_records_and_checks_the_preset(tmp_path):
     prepare_synthetic(tmp_path / "easy", 2, 1, size=32, methods=(), preset="easy")  # an easy record names no preset
     with pytest.raises(InputError, match="preset 'easy' \\(asked 'pretrain'\\)"):
         prepare_synthetic(tmp_path / "easy", 2, 1, size=32, max_objects=4, methods=(), preset="pretrain")
+
+
+def test_negative_seed_and_bad_noise_are_one_line(tmp_path):
+    for kwargs, match in (({"seed": -1}, "--seed"), ({"noise_sigma": -1.0}, "--noise-sigma"),
+                          ({"noise_sigma": float("nan")}, "--noise-sigma"), ({"noise_sigma": 300.0}, "--noise-sigma")):
+        with pytest.raises(InputError, match=match):
+            generate(tmp_path / "bad", 1, 1, height=32, width=32, **kwargs)
+    assert not (tmp_path / "bad").exists()
+    run = subprocess.run(
+        [sys.executable, "-m", "boxsup_ext.data.synthetic", "--out", str(tmp_path / "cli"), "--seed", "-3"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert run.returncode == 2 and run.stderr.strip().count("\n") == 0 and "--seed" in run.stderr

@@ -491,7 +491,7 @@ def generate(
     Args:
         out_dir: output folder (created; existing files of the same names are replaced).
         num_train, num_val: number of images in the ``train`` and ``val`` splits.
-        seed: the generator seed; the same arguments write the same files.
+        seed: the generator seed (0 or more); the same arguments write the same files.
         height, width: image size in pixels (16..4096); None: the preset's (easy 128 x 128, hard
             and pretrain 192 x 256).
         max_objects: at most this many labelled objects per image (1..254, less the preset's
@@ -517,6 +517,10 @@ def generate(
         raise InputError(f"--min-visible must be in (0, 1], got {min_visible}")
     if not 1 <= jpeg_quality <= 95:
         raise InputError(f"--jpeg-quality must be in 1..95, got {jpeg_quality}")
+    if not 0 <= noise_sigma <= 255:
+        raise InputError(f"--noise-sigma must be in 0..255, got {noise_sigma}")
+    if seed < 0:
+        raise InputError(f"--seed must be 0 or more, got {seed}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out exists and is not a folder")
