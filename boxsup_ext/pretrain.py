@@ -96,6 +96,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         (args.batch_size >= 1, f"--batch-size must be at least 1, got {args.batch_size}"),
         (math.isfinite(args.lr) and args.lr > 0, f"--lr must be a positive number, got {args.lr}"),
         (args.threads >= 0, f"--threads must be 0 (torch's default) or more, got {args.threads}"),
+        (args.seed >= 0, f"--seed must be 0 or more, got {args.seed}"),
     )
     for ok, message in checks:
         if not ok:

@@ -96,7 +96,8 @@ def test_default_classes_are_disjoint_from_segmentation_presets():
 
 
 def test_bad_arguments_are_input_errors(tmp_path):
-    for extra, match in ((["--preset", "nope"], "--preset"), (["--width", "0"], "--width"), (["--lr", "nan"], "--lr")):
+    for extra, match in ((["--preset", "nope"], "--preset"), (["--width", "0"], "--width"), (["--lr", "nan"], "--lr"),
+                         (["--seed", "-1"], "--seed")):
         with pytest.raises(InputError, match=match):
             pretrain(build_parser().parse_args(["--out", str(tmp_path / "x.pt")] + TINY + extra))
     assert not (tmp_path / "x.pt").exists()
