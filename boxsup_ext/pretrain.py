@@ -129,6 +129,7 @@ def pretrain(args: argparse.Namespace, log: Callable[[str], None] = print) -> di
     train_images, train_targets = draw_labelled_images(args.preset, args.seed, 0, args.images, args.size)
     val_images, val_targets = draw_labelled_images(args.preset, args.seed, args.images, args.val_images, args.size)
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -138,7 +139,7 @@ def pretrain(args: argparse.Namespace, log: Callable[[str], None] = print) -> di
             state, val_map = _train(args, train_images, train_targets, val_images, val_targets, log)
     finally:
         torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     chance = float(val_targets.mean())
     atomic_save_torch(state, out)
     record = {

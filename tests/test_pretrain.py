@@ -131,3 +131,14 @@ def test_trainer_starts_from_pretrained_backbone(pretrained, tmp_path):
     assert summary
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
     assert checkpoint["epoch"] == 1 and "pretrained" not in checkpoint["model_meta"]["kwargs"]
+
+
+def test_global_torch_state_is_restored(tmp_path):
+    threads = torch.get_num_threads()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        pretrain(build_parser().parse_args(["--out", str(tmp_path / "x.pt"), "--threads", "1"] + TINY), log=lambda _: None)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.get_num_threads() == threads
