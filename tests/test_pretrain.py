@@ -113,10 +113,20 @@ def test_mean_average_precision():
     assert mean_average_precision(scores, targets) == pytest.approx(((1 / 3 + 2 / 4) / 2 + 1 / 2) / 2)
 
 
-def test_trainer_starts_from_pretrained_backbone(pretrained, tmp_path):
+def test_trainer_starts_from_pretrained_backbone(pretrained, tmp_path, monkeypatch):
     from boxsup_ext.config import load_config
+    from boxsup_ext.models import tiny
     from boxsup_ext.proposals.synthetic_setup import prepare_synthetic
     from boxsup_ext.train import train
+
+    loaded = []  # the backbone the trainer starts from, right after the file was loaded into it
+    real = tiny.load_tiny_backbone
+
+    def recording(model, source):
+        real(model, source)
+        loaded.append((source, {k: v.clone() for k, v in model.features.state_dict().items()}))
+
+    monkeypatch.setattr(tiny, "load_tiny_backbone", recording)
 
     setup = prepare_synthetic(tmp_path / "synthetic", 4, 2, size=48, seed=1, methods=("rectangles",))
     config = load_config(assignments={
@@ -129,6 +139,9 @@ def test_trainer_starts_from_pretrained_backbone(pretrained, tmp_path):
     })  # fmt: skip
     summary = train(config)
     assert summary
+    state = torch.load(pretrained, weights_only=True)
+    (source, features), = loaded
+    assert source == str(pretrained) and all(torch.equal(v, state[f"features.{k}"]) for k, v in features.items())
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
     assert checkpoint["epoch"] == 1 and "pretrained" not in checkpoint["model_meta"]["kwargs"]
 
