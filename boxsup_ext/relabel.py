@@ -182,24 +182,35 @@ def consensus_ignore(
 ) -> np.ndarray:
     """``label`` uint8 [H, W] with the uncertain pixels of each box set to ignore: inside box m (the
     box pixel rule), the votes of its ``counts[m]`` cheapest candidates (``order`` [M, k]) decide.
-    A pixel painted with the box's class needs at least ``agreement`` of them to cover it, any other
-    pixel at least ``agreement`` of them to leave it out; else it becomes :data:`IGNORE_LABEL`. A box
-    without candidates is left as painted (its pixels are ignore already)."""
+    A pixel painted with the box's class needs at least ``agreement`` of the candidates of some box
+    of that class holding it to cover it (two boxes of one class may overlap, and the paint keeps one
+    of their segments there); any other pixel needs at least ``agreement`` of box m's candidates to
+    leave it out. Else it becomes :data:`IGNORE_LABEL`. A box without candidates is left as painted
+    (its pixels are ignore already)."""
     if agreement <= 0 or len(boxes) == 0:
         return label
-    out = label.copy()
     num_units = unit_count(units)
     ranges = box_pixel_ranges(boxes, *label.shape)
+    covered: list[Optional[np.ndarray]] = [None] * len(ranges)  # box m's vote share over its rectangle
+    best: dict[int, np.ndarray] = {}  # class -> the best vote share of that class's boxes at each pixel
     for m, (col0, row0, col1, row1) in enumerate(ranges):
         count = int(counts[m])
         if count == 0 or col1 <= col0 or row1 <= row0:
             continue
         votes = unpack_rows(members[order[m, :count].numpy()], num_units).mean(axis=0)  # [U] share covering
-        covered = votes[units[row0:row1, col0:col1]]
-        window = out[row0:row1, col0:col1]
-        agree = np.where(window == labels[m], covered, 1.0 - covered)
+        covered[m] = votes[units[row0:row1, col0:col1]]
+        share = best.setdefault(int(labels[m]), np.zeros(label.shape))[row0:row1, col0:col1]
+        np.maximum(share, covered[m], out=share)
+    uncertain = np.zeros(label.shape, dtype=bool)
+    for m, (col0, row0, col1, row1) in enumerate(ranges):
+        if covered[m] is None:
+            continue
+        painted = label[row0:row1, col0:col1]
+        agree = np.where(painted == labels[m], best[int(labels[m])][row0:row1, col0:col1], 1.0 - covered[m])
         # A small tolerance so that e.g. 4 of 5 meets 0.8 exactly.
-        window[(agree < agreement - 1e-9) & (window != IGNORE_LABEL)] = IGNORE_LABEL
+        uncertain[row0:row1, col0:col1] |= agree < agreement - 1e-9
+    out = label.copy()
+    out[uncertain & (label != IGNORE_LABEL)] = IGNORE_LABEL
     return out
 
 

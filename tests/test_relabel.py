@@ -226,3 +226,22 @@ def test_relabel_batch_applies_consensus_and_keeps_previous_choices():
     kept = relabel_batch(model, [item._replace(previous=np.array([other]))],
                          RelabelSettings(lam=0.0, topk=3, keep_margin=10.0), 0, 1, cpu)[0]
     assert kept.chosen.tolist() == [other]
+
+
+def test_consensus_judges_a_pixel_by_the_boxes_of_its_own_class():
+    # two objects of one class on a 1 x 10 strip: object A at columns 0-5 (box 0: 0-6), object B at
+    # columns 5-9 (box 1: 4-10); B lies on top at column 5. A pixel of B inside box 0 is painted with
+    # the class by B's segment: box 0's candidates do not cover it, box 1's do, so it is certain.
+    masks = np.zeros((2, 1, 10), bool)
+    masks[0, 0, :6] = masks[1, 0, 5:] = True
+    units, members = core.masks_to_units(masks)
+    boxes = np.array([[0.0, 0.0, 6.0, 1.0], [4.0, 0.0, 10.0, 1.0]], np.float32)
+    labels = np.array([3, 3])
+    painted = np.full((1, 10), 3, np.uint8)
+    order, counts = torch.tensor([[0], [1]]), torch.tensor([1, 1])
+    out = relabel_module.consensus_ignore(painted, units, members, boxes, labels, order, counts, agreement=1.0)
+    assert out.tolist() == painted.tolist()
+    # a pixel painted with another class inside box 0 that box 0's candidates cover stays uncertain
+    other = painted.copy()
+    other[0, 2] = 1
+    assert relabel_module.consensus_ignore(other, units, members, boxes, labels, order, counts, 1.0)[0, 2] == IGNORE_LABEL
