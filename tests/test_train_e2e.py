@@ -238,3 +238,20 @@ def test_logged_label_miou_leaves_the_labels_ignore_pixels_out(synthetic, tmp_pa
     assert entry["label_miou"] == pytest.approx(np.mean(inter[union > 0] / union[union > 0]))
     assert entry["label_ignore_share"] == pytest.approx(ignored / scored)
     assert entry["label_stats"]["label_ignore_share"] == entry["label_ignore_share"]
+
+
+def test_relabel_profile_benchmark_splits_a_relabel_step(boxsup_run, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("relabel_profile", REPO / "benchmarks" / "relabel_profile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "profile.json"
+    assert module.main(["--run", str(boxsup_run), "--repeats", "1", "--threads", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    parts = result["seconds"]
+    assert result["images"] == NUM_TRAIN and parts["costs_op"] > 0 and parts["network"] > 0
+    assert abs(sum(parts[k] for k in ("read", "network", "costs_op", "paint_op", "rest")) - parts["total"]) < 1e-6
+    assert 0 < result["costs_op_share_of_relabel"] < 1 and 0 < result["costs_op_share_of_epoch"] < 1
+    with pytest.raises(module.InputError, match="--run"):
+        module.main(["--run", str(tmp_path)])
