@@ -55,6 +55,7 @@ def profile(run_dir: Path, threads: int, repeats: int) -> dict:
     import torch
 
     from boxsup_ext import ops, relabel
+    from boxsup_ext.config import RELABELED_MODES
     from boxsup_ext.models import load_model_from_checkpoint
     from boxsup_ext.relabel import RelabelSettings, relabel_batch
     from boxsup_ext.run_dir import open_run, read_log
@@ -62,7 +63,7 @@ def profile(run_dir: Path, threads: int, repeats: int) -> dict:
 
     run = open_run(run_dir)
     config = run.read_config()
-    if config.train.mode not in ("boxsup", "boxsup_greedy"):
+    if config.train.mode not in RELABELED_MODES:
         raise InputError(f"--run {run_dir}: a {config.train.mode!r} run has no relabel step; give a boxsup run")
     if threads > 0:
         torch.set_num_threads(threads)

@@ -16,16 +16,18 @@ from typing import Any, Optional, Sequence, Union
 
 import yaml
 
+from boxsup_ext.data import KINDS as DATASET_KINDS  # the readers' one list
 from boxsup_ext.utils import InputError, atomic_write
 
 MODES = ("boxsup", "boxsup_greedy", "mask", "rectangles", "grabcut")
+# The modes that relabel the box images every epoch with the network (the others label them once).
+RELABELED_MODES = ("boxsup", "boxsup_greedy")
 # A training crop's side in pixels. VOC images are 500 px and the paper crops 321; 4096 is already
 # ~200 MB of input per image for a batch of 20 before any activation, and a crop of 10^6 would ask
 # for terabytes.
 MAX_CROP_SIZE = 4096
 # Random rescaling factors beyond this blow a VOC image up to gigapixels.
 MAX_SCALE = 8.0
-DATASET_KINDS = ("voc", "voc07", "coco", "folder", "synthetic")
 
 
 @dataclass

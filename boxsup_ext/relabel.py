@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from boxsup_ext.config import RELABELED_MODES
 from boxsup_ext.core import IGNORE_LABEL, box_pixel_ranges, unit_count, unpack_rows  # the torch-free ground floor
 from boxsup_ext.models import normalize_images, predict_logits
 
@@ -60,7 +61,7 @@ class RelabelSettings:
         ``topk``, ``boxsup_greedy`` takes the cheapest, and the fixed baselines (``rectangles``,
         ``grabcut``) take each box's best-matching candidate with the network unused (lam 0, box
         IoU). ``lam`` is ramped by ``relabel.lam_warmup_epochs`` (see :func:`warmed_lam`)."""
-        if mode not in ("boxsup", "boxsup_greedy"):
+        if mode not in RELABELED_MODES:
             return cls(lam=0.0, topk=1, iou="box", clip_to_box=relabel.clip_to_box)
         greedy = mode == "boxsup_greedy" or (relabel.greedy_from_epoch > 0 and epoch >= relabel.greedy_from_epoch)
         lam = warmed_lam(relabel.lam, relabel.lam_warmup_epochs, epoch)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from boxsup_ext.config import Config, dump_config, load_config, save_config, config_to_dict
+from boxsup_ext.config import RELABELED_MODES, Config, config_to_dict, dump_config, load_config, save_config
 from boxsup_ext.data import TrainImage, TrainingSet, open_source, open_training_set, save_label_png
 from boxsup_ext.core import IGNORE_LABEL
 from boxsup_ext.evaluation.evaluator import ConfusionAccumulator, InferenceSettings, LabelPredictor
@@ -61,7 +61,6 @@ from boxsup_ext.utils.errors import STORAGE_ERRNOS
 # Test hook: "EPOCH:STEP[:SIGNAL]" makes the process send itself SIGNAL (default SIGKILL; e.g.
 # SIGTERM, SIGINT, SIGSTOP) right after that training step.
 FAULT_ENV = "BOXSUP_FAULT_AT"
-RELABELED_MODES = ("boxsup", "boxsup_greedy")
 
 
 class StopRequested(Exception):

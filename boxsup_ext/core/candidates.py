@@ -161,11 +161,6 @@ class Candidates:
         object.__setattr__(self, "units", units.astype(np.int32, copy=False))
         object.__setattr__(self, "members", members)
 
-    @classmethod
-    def from_masks(cls, masks: np.ndarray) -> "Candidates":
-        """The candidates whose pixels are ``masks`` bool [N, H, W] (see :func:`masks_to_units`)."""
-        return cls(*masks_to_units(masks))
-
     @property
     def num_candidates(self) -> int:
         return int(self.members.shape[0])

@@ -70,14 +70,6 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast_object(self, obj: Any) -> Any:
-        """Rank 0's ``obj`` on every rank."""
-        if not self.distributed:
-            return obj
-        holder = [obj]
-        dist.broadcast_object_list(holder, src=0)
-        return holder[0]
-
     def broadcast_buffers(self, module: torch.nn.Module) -> None:
         """Copy rank 0's buffers (e.g. batch-norm running statistics) to every rank; DDP itself
         only does so at the start of each forward, so ranks end an epoch with their own."""
