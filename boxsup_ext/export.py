@@ -46,7 +46,9 @@ from boxsup_ext.core import IGNORE_LABEL, box_masks, paint_instances, unpack_mas
 from boxsup_ext.data import TrainingSet, load_label_png, open_training_set, voc_palette
 from boxsup_ext.data.palette import encode_label_png
 from boxsup_ext.run_dir import RunDir, choice_epochs, open_run, snapshot_epochs
-from boxsup_ext.utils import InputError, atomic_write, atomic_write_bytes, atomic_write_json, ensure_output_dir, run_cli
+from boxsup_ext.utils import (
+    InputError, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_lines, ensure_output_dir, run_cli,
+)
 
 FORMATS = ("voc", "coco", "mmseg")
 SPLIT = "train"  # the split name every format gives the exported images
@@ -215,8 +217,8 @@ def instance_masks(units: np.ndarray, members: np.ndarray, chosen: Sequence[int]
 def write_voc(out: Path, training: TrainingSet, images: Sequence[ExportImage]) -> dict:
     for image in _progress(images, "voc"):
         atomic_write_bytes(out / "SegmentationClass" / f"{image.image_id}.png", encode_label_png(load_label_png(image.label_file)))
-    _write_lines(out / "ImageSets" / "Segmentation" / f"{SPLIT}.txt", [image.image_id for image in images])
-    _write_lines(out / "classes.txt", training.class_names)
+    atomic_write_lines(out / "ImageSets" / "Segmentation" / f"{SPLIT}.txt", [image.image_id for image in images])
+    atomic_write_lines(out / "classes.txt", training.class_names)
     return {"labels": "SegmentationClass", "image_set": f"ImageSets/Segmentation/{SPLIT}.txt", "classes": "classes.txt"}
 
 
@@ -229,7 +231,7 @@ def write_mmseg(out: Path, labels: LabelSet, training: TrainingSet, images: Sequ
     for image, path in _progress(list(zip(images, files)), "mmseg"):
         atomic_write_bytes(out / "ann_dir" / SPLIT / f"{image.image_id}.png", encode_label_png(load_label_png(image.label_file), palette=False))
         placed[_place_image(path, out / "img_dir" / SPLIT / f"{image.image_id}{suffix}", copy)] += 1
-    _write_lines(out / "splits" / f"{SPLIT}.txt", [image.image_id for image in images])
+    atomic_write_lines(out / "splits" / f"{SPLIT}.txt", [image.image_id for image in images])
     counts["images_linked"], counts["images_copied"] = placed["symlink"], placed["copy"]
     with atomic_write(out / "boxsup_pseudo.py", "w") as handle:
         handle.write(mmseg_config(out, training.class_names, suffix, labels))
@@ -396,10 +398,6 @@ def _place_image(source: Path, target: Path, copy: bool) -> str:
     with open(source, "rb") as src, atomic_write(target, "wb") as dst:
         shutil.copyfileobj(src, dst)
     return "copy"
-
-
-def _write_lines(path: Path, lines: Sequence[str]) -> None:
-    atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode())
 
 
 def _progress(items: Sequence, desc: str):

@@ -52,7 +52,7 @@ import numpy as np
 from PIL import Image
 
 from boxsup_ext.data.palette import encode_label_png
-from boxsup_ext.utils import InputError, atomic_write, atomic_write_bytes, atomic_write_json, run_cli
+from boxsup_ext.utils import InputError, atomic_write_bytes, atomic_write_json, atomic_write_lines, run_cli
 
 
 # Shape families; a hard or pretrain class draws its shapes from one. No class uses DISTRACTOR_FAMILY.
@@ -468,11 +468,6 @@ def _write_image(out: Path, image_id: str, drawn: SyntheticImage, jpeg_quality: 
     atomic_write_bytes(out / "SegmentationObject" / f"{image_id}.png", encode_label_png(drawn.object_map))
 
 
-def _write_list(path: Path, ids: Sequence[str]) -> None:
-    with atomic_write(path, "w") as handle:
-        handle.write("".join(f"{image_id}\n" for image_id in ids))
-
-
 def generate(
     out_dir,
     num_train: int,
@@ -534,9 +529,9 @@ def generate(
             _write_image(out, image_id, drawn, jpeg_quality, spec.class_names)
     for folder in ("Segmentation", "Main"):
         for split in splits:
-            _write_list(out / "ImageSets" / folder / f"{split}.txt", ids[split])
-        _write_list(out / "ImageSets" / folder / "trainval.txt", ids["train"] + ids["val"])
-    _write_list(out / "classes.txt", spec.class_names)
+            atomic_write_lines(out / "ImageSets" / folder / f"{split}.txt", ids[split])
+        atomic_write_lines(out / "ImageSets" / folder / "trainval.txt", ids["train"] + ids["val"])
+    atomic_write_lines(out / "classes.txt", spec.class_names)
     record = {
         "format_version": FORMAT_VERSION,
         "seed": seed,

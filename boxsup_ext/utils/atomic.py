@@ -16,7 +16,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -73,6 +73,11 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     with atomic_write(path, "wb") as handle:
         handle.write(data)
+
+
+def atomic_write_lines(path: PathLike, lines: Iterable[str]) -> None:
+    """One line per item (a list of image ids, of class names), each ending in a newline, UTF-8."""
+    atomic_write_bytes(path, "".join(f"{line}\n" for line in lines).encode())
 
 
 def atomic_write_json(path: PathLike, obj: Any, indent: Optional[int] = 2) -> None:
