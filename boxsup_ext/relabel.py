@@ -147,13 +147,19 @@ def sample_topk(cost: torch.Tensor, k: int, generator: torch.Generator) -> torch
     """For each box (column of ``cost`` [N, M]) draw uniformly among its ``k`` cheapest finite
     candidates (fewer when fewer are finite). Returns int64 [M], -1 for a box with none."""
     n, m = cost.shape
-    chosen = torch.full((m,), -1, dtype=torch.int64)
     if n == 0 or m == 0:
-        return chosen
-    order, counts = cheapest(cost, k)
+        return torch.full((m,), -1, dtype=torch.int64)
+    return draw_among(*cheapest(cost, k), k, generator)
+
+
+def draw_among(order: torch.Tensor, counts: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """One candidate per box drawn uniformly among its first ``k`` of ``order`` [M, K >= k] (the
+    ranking of :func:`cheapest`, whose ``counts`` [M] finite ones lead); -1 for a box with none."""
+    m = order.shape[0]
+    chosen = torch.full((m,), -1, dtype=torch.int64)
     draws = torch.randint(0, 1 << 30, (m,), generator=generator)  # one draw per box, always
     for j in range(m):
-        count = int(counts[j])
+        count = min(int(counts[j]), k)
         if count:
             chosen[j] = order[j, int(draws[j]) % count]
     return chosen
@@ -165,16 +171,15 @@ def keep_previous(cost: torch.Tensor, chosen: torch.Tensor, previous: Optional[n
     or out of range is not kept. ``margin`` None or ``previous`` None: ``chosen`` unchanged."""
     if margin is None or previous is None:
         return chosen
-    previous = torch.as_tensor(np.asarray(previous, dtype=np.int64))
-    if previous.shape != chosen.shape:
-        return chosen  # the image's boxes changed: nothing to keep
-    kept = chosen.clone()
-    for j in range(chosen.shape[0]):
-        old, new = int(previous[j]), int(chosen[j])
-        if 0 <= old < cost.shape[0] and new >= 0 and bool(torch.isfinite(cost[old, j])):
-            if not float(cost[new, j]) < float(cost[old, j]) - margin:
-                kept[j] = old
-    return kept
+    old = torch.as_tensor(np.asarray(previous, dtype=np.int64))
+    if old.shape != chosen.shape or cost.shape[0] == 0:
+        return chosen  # the image's boxes changed (or it has no candidates): nothing to keep
+    columns = torch.arange(chosen.shape[0])
+    wide = cost.detach().cpu().double()  # compared in double, as Python floats would be
+    old_cost = wide[old.clamp(0, cost.shape[0] - 1), columns]
+    new_cost = wide[chosen.clamp(min=0), columns]
+    keep = (old >= 0) & (old < cost.shape[0]) & (chosen >= 0) & torch.isfinite(old_cost) & ~(new_cost < old_cost - margin)
+    return torch.where(keep, old, chosen)
 
 
 def consensus_ignore(
@@ -280,25 +285,28 @@ def relabel_batch(
     chosen_all = []
     for item, costs in zip(batch, all_costs):
         cost = assignment_cost(costs, settings.lam, settings.iou, settings.min_iou).cpu()
-        chosen = sample_topk(cost, settings.topk, image_generator(seed, epoch, item.image_id))
-        chosen_all.append((cost, keep_previous(cost, chosen, item.previous, settings.keep_margin)))
+        # One ranking serves the draw and, with ``agreement``, the vote of the consensus_k cheapest.
+        ranked = cheapest(cost, max(settings.topk, settings.consensus_k if settings.agreement > 0 else 0))
+        chosen = draw_among(*ranked, settings.topk, image_generator(seed, epoch, item.image_id))
+        chosen_all.append((cost, ranked, keep_previous(cost, chosen, item.previous, settings.keep_margin)))
     # One paint call for the batch; boxes, labels and chosen are read on the host.
     label_maps = ops.paint_labels_batched(
         [inputs[0] for inputs in op_inputs],
         [inputs[1] for inputs in op_inputs],
-        [chosen for _, chosen in chosen_all],
+        [chosen for _, _, chosen in chosen_all],
         [torch.from_numpy(np.ascontiguousarray(item.labels, dtype=np.int64)) for item in batch],
         [torch.from_numpy(np.ascontiguousarray(item.boxes, dtype=np.float32)) for item in batch],
         clip=settings.clip_to_box,
         unassigned=IGNORE_LABEL,  # a box without any candidate is ignored, not background
     )
     results = []
-    for item, costs, (cost, chosen), label in zip(batch, all_costs, chosen_all, label_maps):
+    for item, costs, (cost, (order, counts), chosen), label in zip(batch, all_costs, chosen_all, label_maps):
         overlap = costs.iou_box if settings.iou == "box" else costs.iou_mask
         label = label.cpu().numpy()
         if settings.agreement > 0:
-            order, counts = cheapest(cost, settings.consensus_k)
-            label = consensus_ignore(label, item.units, item.members, item.boxes, item.labels, order, counts, settings.agreement)
+            k = settings.consensus_k
+            label = consensus_ignore(label, item.units, item.members, item.boxes, item.labels, order[:, :k], counts.clamp(max=k),
+                                     settings.agreement)
         results.append(
             RelabelResult(
                 item.image_id,
