@@ -28,11 +28,8 @@ Every file is written atomically (temporary name, then rename) with the user's u
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
-import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -47,7 +44,7 @@ from boxsup_ext.data import TrainingSet, load_label_png, open_training_set, voc_
 from boxsup_ext.data.palette import encode_label_png
 from boxsup_ext.run_dir import RunDir, choice_epochs, open_run, snapshot_epochs
 from boxsup_ext.utils import (
-    InputError, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_lines, ensure_output_dir, run_cli,
+    InputError, atomic_symlink, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_lines, ensure_output_dir, run_cli,
 )
 
 FORMATS = ("voc", "coco", "mmseg")
@@ -386,15 +383,11 @@ def _place_image(source: Path, target: Path, copy: bool) -> str:
     """Put the image ``source`` at ``target``: a symlink (made under a temporary name, then renamed)
     unless ``copy`` or the filesystem refuses links, else an atomic copy. Returns which."""
     if not copy:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
         try:
-            os.symlink(source.resolve(), temp)
-            os.replace(temp, target)
+            atomic_symlink(source.resolve(), target)
             return "symlink"
         except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
+            pass
     with open(source, "rb") as src, atomic_write(target, "wb") as dst:
         shutil.copyfileobj(src, dst)
     return "copy"

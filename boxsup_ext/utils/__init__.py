@@ -1,7 +1,9 @@
 """Small shared helpers: atomic file writes, output folders and user-facing errors."""
 
 from boxsup_ext.utils.errors import InputError, run_cli
-from boxsup_ext.utils.atomic import atomic_write, atomic_write_bytes, atomic_save_torch, atomic_write_json, atomic_write_lines
+from boxsup_ext.utils.atomic import (
+    atomic_save_torch, atomic_symlink, atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_lines,
+)
 from boxsup_ext.utils.outputs import OutputManifest, ensure_output_dir, file_sha256
 
 __all__ = [
@@ -10,6 +12,7 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_save_torch",
+    "atomic_symlink",
     "atomic_write_json",
     "atomic_write_lines",
     "OutputManifest",

@@ -23,13 +23,18 @@ PathLike = Union[str, os.PathLike]
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
+def _temp_name(path: Path) -> str:
+    """A random hidden name beside ``path`` for a file that will be renamed to it."""
+    return str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
 def _create_temp_beside(path: Path) -> tuple[int, str]:
     """Create a new, empty file with a random name beside ``path``; return (fd, name).
 
     ``os.open`` with mode ``0o666`` lets the kernel apply the umask, which avoids reading it
     (``os.umask`` can only be read by setting it, a race with other threads)."""
     for _ in range(100):
-        name = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        name = _temp_name(path)
         try:
             return os.open(name, _CREATE_FLAGS, 0o666), name
         except FileExistsError:
@@ -73,6 +78,22 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     with atomic_write(path, "wb") as handle:
         handle.write(data)
+
+
+def atomic_symlink(target: PathLike, path: PathLike) -> None:
+    """Make ``path`` a symbolic link to ``target``, replacing what is there atomically: the link is
+    made under a temporary name beside ``path``, then renamed. Raises ``OSError`` where the
+    filesystem refuses links (nothing is left behind)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_name = _temp_name(path)
+    os.symlink(target, tmp_name)
+    try:
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
 
 
 def atomic_write_lines(path: PathLike, lines: Iterable[str]) -> None:
