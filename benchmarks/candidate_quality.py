@@ -254,17 +254,17 @@ def _usable_store(path: Path, method: str, params: dict, dataset):
     """The store at ``path`` opened for ``dataset`` when it is complete and made by ``method`` with
     ``params``; else None. Reads only."""
     from boxsup_ext.proposals import open_store
-    from boxsup_ext.proposals.store import ProposalStore, _json_safe
+    from boxsup_ext.proposals.store import MANIFEST, ProposalStore, _json_safe
 
-    if not (path / "manifest.json").is_file():
+    if not (path / MANIFEST).is_file():
         return None
-    store = ProposalStore(path)
-    manifest = store.manifest
+    manifest = ProposalStore(path).manifest
     if manifest.get("method") != method or manifest.get("params") != _json_safe(params) or not manifest.get("complete"):
         return None
-    if manifest.get("dataset_fingerprint") != dataset.fingerprint():
+    try:
+        return open_store(path, dataset)  # it refuses a store made for other images
+    except InputError:
         return None
-    return open_store(path, dataset)
 
 
 def source_stores(sources: Sequence[str], dataset, dataset_root: Path, data_dir: Path, out: Path, noise: dict, workers: int) -> dict:
