@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from boxsup_ext.models.pretrained import load_module_strict, read_state_dict
-from boxsup_ext.models.vgg import init_classifier
+from boxsup_ext.models.vgg import init_classifier, init_conv_weights
 from boxsup_ext.utils import InputError
 
 BN_MODES = ("frozen", "train", "sync")
@@ -96,12 +96,7 @@ class ResNet(nn.Module):
         self.layer2 = self._make_layer(128, blocks[1], *settings[1])
         self.layer3 = self._make_layer(256, blocks[2], *settings[2])
         self.layer4 = self._make_layer(512, blocks[3], *settings[3])
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_conv_weights(self)  # batch norm keeps its own ones / zeros
 
     def _make_layer(self, planes: int, blocks: int, stride: int, dilation: int) -> nn.Sequential:
         downsample = None
@@ -246,9 +241,7 @@ class DeepLabV3Plus(ResNetDeepLab):
         self.decoder = nn.Sequential(_conv_bn_relu(256 + 48, 256, 3), _conv_bn_relu(256, 256, 3))
         self.classifier = nn.Conv2d(256, num_classes, kernel_size=1)
         for module in [self.aspp, self.low_level, self.decoder]:
-            for conv in module.modules():
-                if isinstance(conv, nn.Conv2d):
-                    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            init_conv_weights(module)
         init_classifier(self.classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from boxsup_ext.models.pretrained import load_module_strict, read_state_dict
-from boxsup_ext.models.vgg import init_classifier
+from boxsup_ext.models.vgg import init_classifier, init_conv_weights
 from boxsup_ext.utils import InputError
 
 
@@ -49,9 +49,7 @@ class TinyFCN(nn.Module):
         )
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(self.fc_channels, num_classes, kernel_size=1)
-        for module in self.features.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_weights(self.features)
         init_classifier(self.classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -70,10 +70,7 @@ class VGG16LargeFOV(nn.Module):
         self._init_fresh()
 
     def _init_fresh(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+        init_conv_weights(self)
         init_classifier(self.classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,6 +84,16 @@ class VGG16LargeFOV(nn.Module):
         self.classifier = nn.Conv2d(self.fc_channels, num_classes, kernel_size=1).to(self.classifier.weight.device)
         init_classifier(self.classifier)
         self.num_classes = num_classes
+
+
+def init_conv_weights(module: nn.Module) -> None:
+    """He (fan-out, ReLU) normal weights and zero biases for every conv inside ``module``, in
+    ``module.modules()`` order: the fresh initialisation of every network's convolutions."""
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
 
 
 def init_classifier(conv: nn.Conv2d) -> None:
