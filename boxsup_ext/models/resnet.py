@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from boxsup_ext.models.pretrained import load_module_strict, read_state_dict
+from boxsup_ext.models.tiny import conv_bn_relu
 from boxsup_ext.models.vgg import init_classifier, init_conv_weights
 from boxsup_ext.utils import InputError
 
@@ -116,15 +117,6 @@ class ResNet(nn.Module):
         return low, self.layer4(self.layer3(self.layer2(low)))
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dilation: int = 1) -> nn.Sequential:
-    padding = dilation * (kernel_size // 2)
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
 class ASPPClassifier(nn.Module):
     """DeepLab-v2's ASPP: one 3 x 3 dilated conv per rate from the features straight to class
     scores, summed. Initialised as DeepLab's fc8: N(0, 0.01) weights, zero biases."""
@@ -149,10 +141,10 @@ class ASPP(nn.Module):
     def __init__(self, in_channels: int, rates: Sequence[int], channels: int = 256, dropout: float = 0.5):
         super().__init__()
         self.branches = nn.ModuleList(
-            [_conv_bn_relu(in_channels, channels)] + [_conv_bn_relu(in_channels, channels, 3, r) for r in rates]
+            [conv_bn_relu(in_channels, channels, 1)] + [conv_bn_relu(in_channels, channels, 3, dilation=r) for r in rates]
         )
-        self.pooling = nn.Sequential(nn.AdaptiveAvgPool2d(1), _conv_bn_relu(in_channels, channels))
-        self.project = _conv_bn_relu(channels * (len(rates) + 2), channels)
+        self.pooling = nn.Sequential(nn.AdaptiveAvgPool2d(1), conv_bn_relu(in_channels, channels, 1))
+        self.project = conv_bn_relu(channels * (len(rates) + 2), channels, 1)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,8 +229,8 @@ class DeepLabV3Plus(ResNetDeepLab):
         super().__init__(num_classes, depth, bn, encoder_stride)
         self.encoder_stride = encoder_stride
         self.aspp = ASPP(2048, tuple(r * 16 // encoder_stride for r in (6, 12, 18)), dropout=dropout)
-        self.low_level = _conv_bn_relu(256, 48)
-        self.decoder = nn.Sequential(_conv_bn_relu(256 + 48, 256, 3), _conv_bn_relu(256, 256, 3))
+        self.low_level = conv_bn_relu(256, 48, 1)
+        self.decoder = nn.Sequential(conv_bn_relu(256 + 48, 256), conv_bn_relu(256, 256))
         self.classifier = nn.Conv2d(256, num_classes, kernel_size=1)
         for module in [self.aspp, self.low_level, self.decoder]:
             init_conv_weights(module)

@@ -12,9 +12,12 @@ from boxsup_ext.models.vgg import init_classifier, init_conv_weights
 from boxsup_ext.utils import InputError
 
 
-def _conv(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    """Conv (no bias, "same" padding for its dilation) + batch norm + ReLU, as ``Sequential`` 0/1/2."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=dilation * (kernel_size // 2), dilation=dilation, bias=False
+        ),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
@@ -40,12 +43,12 @@ class TinyFCN(nn.Module):
         self.num_classes = num_classes
         self.fc_channels = 2 * width
         self.features = nn.Sequential(
-            _conv(3, width),
-            _conv(width, width, stride=2),
-            _conv(width, 2 * width),
-            _conv(2 * width, 2 * width, stride=2),
-            _conv(2 * width, 2 * width, dilation=2),
-            _conv(2 * width, 2 * width, dilation=4),
+            conv_bn_relu(3, width),
+            conv_bn_relu(width, width, stride=2),
+            conv_bn_relu(width, 2 * width),
+            conv_bn_relu(2 * width, 2 * width, stride=2),
+            conv_bn_relu(2 * width, 2 * width, dilation=2),
+            conv_bn_relu(2 * width, 2 * width, dilation=4),
         )
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(self.fc_channels, num_classes, kernel_size=1)
