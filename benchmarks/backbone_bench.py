@@ -24,9 +24,7 @@ passes under float16 autocast (cuda only, as train.amp).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -35,7 +33,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from assign_bench import time_ms  # noqa: E402
 from boxsup_ext.models import MODELS, build_model  # noqa: E402
 
 DEFAULT_MODELS = ("tiny_fcn", "vgg16_largefov", "resnet50_deeplabv2", "resnet101_deeplabv2",
@@ -89,22 +89,6 @@ def saved_activation_mb(model: torch.nn.Module, images: torch.Tensor, labels: to
     return sum(storages.values()) / 2**20 / images.shape[0]
 
 
-def timed(step, device: torch.device, warmup: int, iters: int) -> float:
-    """Median seconds of ``step()`` over ``iters`` runs after ``warmup``."""
-    for _ in range(warmup):
-        step()
-    seconds = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds)
-
-
 def bench_model(name: str, device: torch.device, size: int, batch: int, warmup: int, iters: int, amp: bool) -> dict:
     torch.manual_seed(0)
     model = make_model(name, device)
@@ -128,10 +112,10 @@ def bench_model(name: str, device: torch.device, size: int, batch: int, warmup: 
         saved = saved_activation_mb(model, images, labels)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    train_s = timed(train_step, device, warmup, iters)
+    train_s = time_ms(train_step, device.type, iters, warmup) / 1e3
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     model.eval()
-    fwd_s = timed(forward, device, warmup, iters)
+    fwd_s = time_ms(forward, device.type, iters, warmup) / 1e3
     return {
         "model": name,
         "output_stride": int(model.output_stride),
