@@ -172,8 +172,9 @@ def _train(
     log: Callable[[str], None],
 ) -> tuple[dict[str, torch.Tensor], float]:
     num_classes = train_targets.shape[1] + 1
-    backbone = build_model(args.model, num_classes, width=args.width).features
-    model = _ImageClassifier(backbone, 2 * args.width, num_classes - 1)
+    network = build_model(args.model, num_classes, width=args.width)
+    backbone = network.features
+    model = _ImageClassifier(backbone, network.fc_channels, num_classes - 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
     steps_per_epoch = math.ceil(len(train_images) / args.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch)
