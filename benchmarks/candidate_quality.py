@@ -394,7 +394,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder (data, SAM-shaped stores, runs)")
     parser.add_argument("--data", default=None, help="read an existing prepared folder (dataset/, proposals_*/) instead of building OUT/data "
@@ -416,8 +416,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="with --train-epochs: override a trainer config key (repeatable)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _checked_sources(args: argparse.Namespace) -> list[str]:
+    """The --sources to compare, as a list, once every argument is checked; an :class:`InputError`
+    names the first one out of its range."""
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     unknown = [s for s in sources if s not in SOURCES]
     if not sources or unknown:
@@ -433,6 +437,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise InputError(f"--jitter-amount must be in [0, 1), got {args.jitter_amount}")
     if args.data is not None and not (Path(args.data) / "dataset").is_dir():
         raise InputError(f"--data {args.data}: no dataset/ folder in it (the layout prepare_synthetic writes)")
+    return sources
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _build_parser().parse_args(argv)
+    sources = _checked_sources(args)
 
     import torch
 

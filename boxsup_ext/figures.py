@@ -98,6 +98,51 @@ def _pick_epochs(available: list[int], requested: Optional[str], run_dir: Path) 
     return [available[i] for i in sorted(set(picks))]
 
 
+def _dataset_rows(dataset: Any, image_ids: Sequence[str]) -> list[tuple[str, int]]:
+    """(image id, dataset index) of each of ``image_ids``; an :class:`InputError` names the first
+    one the dataset lacks."""
+    if not image_ids:
+        raise InputError("--images needs at least one training image id")
+    rows = []
+    for image_id in image_ids:
+        try:
+            index = dataset.index_of(image_id)
+        except (KeyError, ValueError, InputError):
+            raise InputError(f"--images: {image_id!r} is not in dataset {getattr(dataset, 'name', '')}") from None
+        rows.append((image_id, index))
+    return rows
+
+
+def _draw_evolution_row(
+    axes_row: Any, run_dir: Path, dataset: Any, image_id: str, index: int, epochs: Sequence[int], gt_column: bool, palette: np.ndarray
+) -> None:
+    """One row of :func:`mask_evolution`: the image with its boxes in their class colours (float
+    RGB ``palette`` [256, 3]), the ground truth when ``gt_column`` (blank for an image without),
+    then the label snapshot of each of ``epochs``."""
+    from matplotlib.patches import Rectangle
+
+    from boxsup_ext.data import load_label_png
+
+    record = dataset[index]
+    image = dataset.load_image(index)
+    axes_row[0].imshow(image)
+    for box, label in zip(record.boxes, record.labels):
+        x0, y0, x1, y1 = (float(v) for v in box)
+        axes_row[0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=2, edgecolor=palette[int(label)]))
+    axes_row[0].set_ylabel(image_id, fontsize=8)
+    column = 1
+    if gt_column:
+        gt = dataset.load_class_map(index)
+        axes_row[1].imshow(colorize(gt) if gt is not None else np.full_like(image, 255), interpolation="nearest")
+        column = 2
+    for epoch in epochs:
+        path = snapshot_path(RunDir(run_dir), epoch, image_id)
+        if path is None:
+            raise InputError(f"{run_dir}: no label snapshot for image {image_id!r} at epoch {epoch}")
+        axes_row[column].imshow(colorize(load_label_png(path)), interpolation="nearest")
+        column += 1
+
+
 def mask_evolution(
     run_dir: Path,
     image_ids: Sequence[str],
@@ -118,48 +163,17 @@ def mask_evolution(
         out: PNG path. Returns (rows, columns) of panels.
     """
     plt = _pyplot()
-    from matplotlib.patches import Rectangle
-
     chosen = _pick_epochs(snapshot_epochs(RunDir(run_dir)), epochs, run_dir)
-    if not image_ids:
-        raise InputError("--images needs at least one training image id")
-    rows = []
-    for image_id in image_ids:
-        try:
-            index = dataset.index_of(image_id)
-        except (KeyError, ValueError, InputError):
-            raise InputError(f"--images: {image_id!r} is not in dataset {getattr(dataset, 'name', '')}") from None
-        rows.append((image_id, index))
-    has_gt = [dataset.load_class_map(index) is not None for _, index in rows]
-    columns = 1 + any(has_gt) + len(chosen)
+    rows = _dataset_rows(dataset, image_ids)
+    gt_column = any(dataset.load_class_map(index) is not None for _, index in rows)
+    columns = 1 + gt_column + len(chosen)
     fig, axes = plt.subplots(
         len(rows), columns, figsize=(panel_inches * columns, panel_inches * len(rows) + 0.3), squeeze=False
     )
-    from boxsup_ext.data import load_label_png
-
     palette = colorize(np.arange(256, dtype=np.uint8)[None])[0] / 255.0
     for r, (image_id, index) in enumerate(rows):
-        record = dataset[index]
-        image = dataset.load_image(index)
-        axes[r, 0].imshow(image)
-        for box, label in zip(record.boxes, record.labels):
-            x0, y0, x1, y1 = (float(v) for v in box)
-            axes[r, 0].add_patch(
-                Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=2, edgecolor=palette[int(label)])
-            )
-        axes[r, 0].set_ylabel(image_id, fontsize=8)
-        column = 1
-        if any(has_gt):
-            gt = dataset.load_class_map(index)
-            axes[r, 1].imshow(colorize(gt) if gt is not None else np.full_like(image, 255), interpolation="nearest")
-            column = 2
-        for epoch in chosen:
-            path = snapshot_path(RunDir(run_dir), epoch, image_id)
-            if path is None:
-                raise InputError(f"{run_dir}: no label snapshot for image {image_id!r} at epoch {epoch}")
-            axes[r, column].imshow(colorize(load_label_png(path)), interpolation="nearest")
-            column += 1
-    titles = ["image + boxes"] + (["ground truth"] if any(has_gt) else []) + [f"epoch {e}" for e in chosen]
+        _draw_evolution_row(axes[r], run_dir, dataset, image_id, index, chosen, gt_column, palette)
+    titles = ["image + boxes"] + (["ground truth"] if gt_column else []) + [f"epoch {e}" for e in chosen]
     for c, title in enumerate(titles):
         axes[0, c].set_title(title, fontsize=9)
     for ax in axes.flat:

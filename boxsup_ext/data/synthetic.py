@@ -356,6 +356,96 @@ def _cluttered_background(rng: np.random.Generator, height: int, width: int, pal
     return field
 
 
+def _item_kinds(rng: np.random.Generator, spec: Preset, max_objects: int) -> list[bool]:
+    """In drawing order, whether each item to draw is a labelled object (True) or a distractor:
+    1..``max_objects`` objects and 0..``spec.max_distractors`` distractors, shuffled."""
+    is_object = [True] * int(rng.integers(1, max_objects + 1))
+    if spec.max_distractors:
+        is_object += [False] * int(rng.integers(0, spec.max_distractors + 1))
+        is_object = [is_object[i] for i in rng.permutation(len(is_object))]
+    return is_object
+
+
+def _item_look(rng: np.random.Generator, spec: Preset, labelled: bool) -> tuple[int, ClassStyle, str]:
+    """A random class (or, for a distractor, label 0 and a distractor style) and a shape of its style."""
+    if labelled:
+        label = int(rng.integers(1, len(spec.styles) + 1))
+        style = spec.styles[label - 1]
+    else:
+        label, style = 0, spec.distractor_styles[int(rng.integers(len(spec.distractor_styles)))]
+    shape = style.shapes[int(rng.integers(len(style.shapes)))]
+    return label, style, shape
+
+
+def _place_item(
+    rng: np.random.Generator, spec: Preset, shape: str, owner: np.ndarray, full_areas: list[int], min_visible: float
+) -> Optional[tuple[np.ndarray, tuple[slice, slice], np.ndarray, np.ndarray]]:
+    """Draw ``shape`` at a random centre, size and aspect, up to 12 tries, until it covers 40
+    pixels or more and leaves each item drawn so far (``owner`` as in :func:`draw_image`, its
+    ``full_areas`` in pixels) at least ``min_visible`` of its area visible.
+
+    Returns (mask bool [H, W], the window (row, column slices) that holds it, and the window's
+    pixel coordinates yy, xx float32), or None when no try fits.
+    """
+    height, width = owner.shape
+    min_side = min(height, width)
+    for _attempt in range(12):
+        radius = rng.uniform(*spec.radius_range) * min_side
+        cy, cx = rng.uniform(0.15, 0.85) * height, rng.uniform(0.15, 0.85) * width
+        aspect = rng.uniform(*spec.aspect_range) if spec.aspect_range else 1.0
+        # Every shape lies within 1.45 radii of its centre: draw in that window only.
+        reach = 1.45 * radius
+        window = (
+            slice(max(int(cy - reach), 0), min(int(cy + reach) + 2, height)),
+            slice(max(int(cx - reach), 0), min(int(cx + reach) + 2, width)),
+        )
+        yy, xx = np.mgrid[window].astype(np.float32)
+        mask = np.zeros((height, width), bool)
+        mask[window] = _shape_mask(shape, rng, yy - cy, xx - cx, radius, aspect)
+        if mask.sum() < 40:
+            continue
+        remaining = np.bincount(owner[~mask], minlength=len(full_areas) + 1)[1:]
+        if all(remaining[k] >= min_visible * full_areas[k] for k in range(len(full_areas))):
+            return mask, window, yy, xx
+    return None
+
+
+def _paint_item(
+    rng: np.random.Generator, image: np.ndarray, style: ClassStyle, mask: np.ndarray, window: tuple[slice, slice], yy: np.ndarray, xx: np.ndarray
+) -> None:
+    """Paint ``style``'s colours, blended by its texture, with a random shade and colour jitter,
+    into ``image`` float32 [H, W, 3] where ``mask`` is set (as :func:`_place_item` returns them)."""
+    weight = _texture(style.texture, rng, yy, xx)[mask[window]][:, None]
+    jitter = rng.uniform(-25, 25, size=3)
+    shade = rng.uniform(0.8, 1.15)
+    colours = weight * np.asarray(style.colour_a, np.float32) + (1 - weight) * np.asarray(style.colour_b, np.float32)
+    image[mask] = colours * shade + jitter
+
+
+def _annotated(image: np.ndarray, owner: np.ndarray, item_labels: list[int], item_shapes: list[str]) -> SyntheticImage:
+    """The drawn image with its label maps and the boxes of its objects' visible pixels, from
+    ``owner`` (k + 1 where item k is on top) and each item's label (0: distractor) and shape."""
+    objects = [k for k, label in enumerate(item_labels) if label]
+    instance_lut = np.zeros(len(item_labels) + 1, np.uint8)
+    instance_lut[np.asarray(objects, np.int64) + 1] = np.arange(1, len(objects) + 1)
+    object_map = instance_lut[owner]
+    boxes = []
+    for m in range(len(objects)):
+        rows = np.flatnonzero((object_map == m + 1).any(axis=1))
+        cols = np.flatnonzero((object_map == m + 1).any(axis=0))
+        boxes.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+    label_lut = np.asarray([0] + item_labels, np.uint8)
+    return SyntheticImage(
+        image=np.clip(image, 0, 255).astype(np.uint8),
+        class_map=label_lut[owner],
+        object_map=object_map,
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        labels=np.asarray([item_labels[k] for k in objects], np.int64),
+        shapes=[item_shapes[k] for k in objects],
+        distractor_mask=(owner > 0) & (object_map == 0),
+    )
+
+
 def draw_image(
     rng: np.random.Generator,
     height: int = 128,
@@ -377,67 +467,19 @@ def draw_image(
     full_areas: list[int] = []
     item_labels: list[int] = []  # 0 for a distractor
     item_shapes: list[str] = []
-    is_object = [True] * int(rng.integers(1, max_objects + 1))
-    if spec.max_distractors:
-        is_object += [False] * int(rng.integers(0, spec.max_distractors + 1))
-        is_object = [is_object[i] for i in rng.permutation(len(is_object))]
-    min_side = min(height, width)
-    for labelled in is_object:
-        if labelled:
-            label = int(rng.integers(1, len(spec.styles) + 1))
-            style = spec.styles[label - 1]
-        else:
-            label, style = 0, spec.distractor_styles[int(rng.integers(len(spec.distractor_styles)))]
-        shape = style.shapes[int(rng.integers(len(style.shapes)))]
-        for _attempt in range(12):
-            radius = rng.uniform(*spec.radius_range) * min_side
-            cy, cx = rng.uniform(0.15, 0.85) * height, rng.uniform(0.15, 0.85) * width
-            aspect = rng.uniform(*spec.aspect_range) if spec.aspect_range else 1.0
-            # Every shape lies within 1.45 radii of its centre: draw in that window only.
-            reach = 1.45 * radius
-            window = (
-                slice(max(int(cy - reach), 0), min(int(cy + reach) + 2, height)),
-                slice(max(int(cx - reach), 0), min(int(cx + reach) + 2, width)),
-            )
-            yy, xx = np.mgrid[window].astype(np.float32)
-            mask = np.zeros((height, width), bool)
-            mask[window] = _shape_mask(shape, rng, yy - cy, xx - cx, radius, aspect)
-            if mask.sum() < 40:
-                continue
-            remaining = np.bincount(owner[~mask], minlength=len(full_areas) + 1)[1:]
-            if all(remaining[k] >= min_visible * full_areas[k] for k in range(len(full_areas))):
-                break
-        else:
+    for labelled in _item_kinds(rng, spec, max_objects):
+        label, style, shape = _item_look(rng, spec, labelled)
+        placed = _place_item(rng, spec, shape, owner, full_areas, min_visible)
+        if placed is None:
             continue
-        weight = _texture(style.texture, rng, yy, xx)[mask[window]][:, None]
-        jitter = rng.uniform(-25, 25, size=3)
-        shade = rng.uniform(0.8, 1.15)
-        colours = weight * np.asarray(style.colour_a, np.float32) + (1 - weight) * np.asarray(style.colour_b, np.float32)
-        image[mask] = colours * shade + jitter
+        mask, window, yy, xx = placed
+        _paint_item(rng, image, style, mask, window, yy, xx)
         owner[mask] = len(full_areas) + 1
         full_areas.append(int(mask.sum()))
         item_labels.append(label)
         item_shapes.append(shape)
     image += rng.normal(0.0, noise_sigma, size=image.shape).astype(np.float32)
-    objects = [k for k, label in enumerate(item_labels) if label]
-    instance_lut = np.zeros(len(item_labels) + 1, np.uint8)
-    instance_lut[np.asarray(objects, np.int64) + 1] = np.arange(1, len(objects) + 1)
-    object_map = instance_lut[owner]
-    boxes = []
-    for m in range(len(objects)):
-        rows = np.flatnonzero((object_map == m + 1).any(axis=1))
-        cols = np.flatnonzero((object_map == m + 1).any(axis=0))
-        boxes.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
-    label_lut = np.asarray([0] + item_labels, np.uint8)
-    return SyntheticImage(
-        image=np.clip(image, 0, 255).astype(np.uint8),
-        class_map=label_lut[owner],
-        object_map=object_map,
-        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
-        labels=np.asarray([item_labels[k] for k in objects], np.int64),
-        shapes=[item_shapes[k] for k in objects],
-        distractor_mask=(owner > 0) & (object_map == 0),
-    )
+    return _annotated(image, owner, item_labels, item_shapes)
 
 
 def annotation_xml(image_id: str, drawn: SyntheticImage, class_names: Sequence[str] = CLASS_NAMES) -> str:
@@ -466,6 +508,45 @@ def _write_image(out: Path, image_id: str, drawn: SyntheticImage, jpeg_quality: 
     atomic_write_bytes(out / "Annotations" / f"{image_id}.xml", annotation_xml(image_id, drawn, class_names).encode())
     atomic_write_bytes(out / "SegmentationClass" / f"{image_id}.png", encode_label_png(drawn.class_map))
     atomic_write_bytes(out / "SegmentationObject" / f"{image_id}.png", encode_label_png(drawn.object_map))
+
+
+def _check_arguments(
+    spec: Preset,
+    num_train: int,
+    num_val: int,
+    height: int,
+    width: int,
+    max_objects: int,
+    min_visible: float,
+    noise_sigma: float,
+    jpeg_quality: int,
+    seed: int,
+) -> None:
+    """An :class:`InputError`, naming the option, for the first of :func:`generate`'s arguments
+    (preset defaults filled in) out of its range."""
+    if num_train < 0 or num_val < 0 or num_train + num_val == 0:
+        raise InputError(f"--num-train/--num-val must be >= 0 and not both 0, got {num_train}/{num_val}")
+    if not (16 <= height <= 4096 and 16 <= width <= 4096):
+        raise InputError(f"--height/--width must be in 16..4096, got {height}x{width}")
+    if not 1 <= max_objects <= 254 - spec.max_distractors:
+        raise InputError(f"--max-objects must be in 1..{254 - spec.max_distractors}, got {max_objects}")
+    if not 0 < min_visible <= 1:
+        raise InputError(f"--min-visible must be in (0, 1], got {min_visible}")
+    if not 1 <= jpeg_quality <= 95:
+        raise InputError(f"--jpeg-quality must be in 1..95, got {jpeg_quality}")
+    if not 0 <= noise_sigma <= 255:
+        raise InputError(f"--noise-sigma must be in 0..255, got {noise_sigma}")
+    if seed < 0:
+        raise InputError(f"--seed must be 0 or more, got {seed}")
+
+
+def _write_image_sets(out: Path, ids: dict[str, list[str]]) -> None:
+    """The VOC split lists ImageSets/{Segmentation,Main}/{train,val,trainval}.txt of the image ids
+    of each split (``ids``: train and val)."""
+    for folder in ("Segmentation", "Main"):
+        for split in ids:
+            atomic_write_lines(out / "ImageSets" / folder / f"{split}.txt", ids[split])
+        atomic_write_lines(out / "ImageSets" / folder / "trainval.txt", ids["train"] + ids["val"])
 
 
 def generate(
@@ -502,20 +583,7 @@ def generate(
     width = spec.width if width is None else width
     max_objects = spec.max_objects if max_objects is None else max_objects
     min_visible = spec.min_visible if min_visible is None else min_visible
-    if num_train < 0 or num_val < 0 or num_train + num_val == 0:
-        raise InputError(f"--num-train/--num-val must be >= 0 and not both 0, got {num_train}/{num_val}")
-    if not (16 <= height <= 4096 and 16 <= width <= 4096):
-        raise InputError(f"--height/--width must be in 16..4096, got {height}x{width}")
-    if not 1 <= max_objects <= 254 - spec.max_distractors:
-        raise InputError(f"--max-objects must be in 1..{254 - spec.max_distractors}, got {max_objects}")
-    if not 0 < min_visible <= 1:
-        raise InputError(f"--min-visible must be in (0, 1], got {min_visible}")
-    if not 1 <= jpeg_quality <= 95:
-        raise InputError(f"--jpeg-quality must be in 1..95, got {jpeg_quality}")
-    if not 0 <= noise_sigma <= 255:
-        raise InputError(f"--noise-sigma must be in 0..255, got {noise_sigma}")
-    if seed < 0:
-        raise InputError(f"--seed must be 0 or more, got {seed}")
+    _check_arguments(spec, num_train, num_val, height, width, max_objects, min_visible, noise_sigma, jpeg_quality, seed)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out exists and is not a folder")
@@ -527,10 +595,7 @@ def generate(
             rng = np.random.default_rng([seed, split_index, i])
             drawn = draw_image(rng, height, width, max_objects, min_visible, noise_sigma, preset)
             _write_image(out, image_id, drawn, jpeg_quality, spec.class_names)
-    for folder in ("Segmentation", "Main"):
-        for split in splits:
-            atomic_write_lines(out / "ImageSets" / folder / f"{split}.txt", ids[split])
-        atomic_write_lines(out / "ImageSets" / folder / "trainval.txt", ids["train"] + ids["val"])
+    _write_image_sets(out, ids)
     atomic_write_lines(out / "classes.txt", spec.class_names)
     record = {
         "format_version": FORMAT_VERSION,

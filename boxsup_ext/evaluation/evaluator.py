@@ -233,6 +233,38 @@ def _batched(items: Iterable[int], size: int) -> Iterator[list[int]]:
         yield batch
 
 
+def _chunk_predictions(
+    predictor: LabelPredictor, dataset: Any, chunk: list[int], pred_dir: Optional[Path], outputs: Optional[OutputManifest]
+) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], int]:
+    """Predictions of the images ``chunk`` of ``dataset`` that have a class map, each read back
+    from ``pred_dir`` when there, else predicted (all of the chunk at once) and written through
+    ``outputs``. Returns (index, predicted uint8 [H, W], ground truth [H, W]) in index order, and
+    how many images of the chunk had no class map."""
+    from boxsup_ext.data import load_label_png
+    from boxsup_ext.data.palette import encode_label_png
+
+    todo: list[tuple[int, np.ndarray]] = []
+    done: list[tuple[int, np.ndarray, np.ndarray]] = []
+    skipped = 0
+    for index in chunk:
+        gt = dataset.load_class_map(index)
+        if gt is None:
+            skipped += 1
+            continue
+        cached = pred_dir / f"{dataset[index].image_id}.png" if pred_dir is not None else None
+        if cached is not None and cached.is_file():
+            done.append((index, load_label_png(cached), gt))
+        else:
+            todo.append((index, gt))
+    if todo:
+        predictions = predictor.labels([dataset.load_image(index) for index, _ in todo])
+        if outputs is not None:
+            outputs.write_files({f"{dataset[index].image_id}.png": encode_label_png(pred) for (index, _), pred in zip(todo, predictions)})
+        for (index, gt), pred in zip(todo, predictions):
+            done.append((index, pred, gt))
+    return sorted(done, key=lambda item: item[0]), skipped
+
+
 def evaluate_dataset(
     predictor: LabelPredictor,
     dataset: Any,
@@ -260,9 +292,6 @@ def evaluate_dataset(
         The :meth:`ConfusionAccumulator.results` dict plus ``"skipped_without_gt"`` (how many
         images had no class map and were not scored).
     """
-    from boxsup_ext.data import load_label_png
-    from boxsup_ext.data.palette import encode_label_png
-
     if pred_dir is not None and outputs is None:
         outputs = OutputManifest(pred_dir, "boxsup_ext.evaluate")
     accumulator = ConfusionAccumulator(dataset.num_classes, trimap_widths)
@@ -274,25 +303,9 @@ def evaluate_dataset(
         bar = tqdm(total=len(dataset), desc="evaluate", unit="img")
     chunk_size = max(1, predictor.settings.batch_size) * max(1, predictor.settings.crf_workers)
     for chunk in _batched(range(len(dataset)), chunk_size):
-        todo: list[tuple[int, np.ndarray]] = []
-        done: list[tuple[int, np.ndarray, np.ndarray]] = []
-        for index in chunk:
-            gt = dataset.load_class_map(index)
-            if gt is None:
-                skipped += 1
-                continue
-            cached = pred_dir / f"{dataset[index].image_id}.png" if pred_dir is not None else None
-            if cached is not None and cached.is_file():
-                done.append((index, load_label_png(cached), gt))
-            else:
-                todo.append((index, gt))
-        if todo:
-            predictions = predictor.labels([dataset.load_image(index) for index, _ in todo])
-            if outputs is not None:
-                outputs.write_files({f"{dataset[index].image_id}.png": encode_label_png(pred) for (index, _), pred in zip(todo, predictions)})
-            for (index, gt), pred in zip(todo, predictions):
-                done.append((index, pred, gt))
-        for index, pred, gt in sorted(done, key=lambda item: item[0]):
+        scorable, without_gt = _chunk_predictions(predictor, dataset, chunk, pred_dir, outputs)
+        skipped += without_gt
+        for index, pred, gt in scorable:
             accumulator.add(pred, gt)
             if on_image is not None:
                 on_image(dataset[index].image_id, pred)

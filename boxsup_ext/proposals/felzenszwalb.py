@@ -119,20 +119,32 @@ def segment_graph(graph, k: float = 100.0, min_size: int = 50) -> np.ndarray:
     (h, w), a, b, weight = graph
     if h * w == 0:
         return np.zeros((h, w), dtype=np.int32)
+    root = _merge_by_bands(a, b, weight, h * w, k)
+    _, label = np.unique(root, return_inverse=True)
+    label, num = _absorb_small_components(label, a, b, weight, min_size)
+    present = np.zeros(num, dtype=bool)
+    present[label] = True
+    dense = np.cumsum(present, dtype=np.int64) - 1
+    return dense[label].reshape(h, w).astype(np.int32)
 
-    num_pixels = h * w
-    # Global state, indexed by pixel id; a component is named by one of its pixels (its root).
+
+def _merge_by_bands(a: np.ndarray, b: np.ndarray, weight: np.ndarray, num_pixels: int, k: float) -> np.ndarray:
+    """The predicate pass over the weight-sorted graph (a, b, weight); returns the root int64 [P]
+    of every pixel, a component being named by one of its pixels.
+
+    Edges are visited in weight bands (geometric, ratio 1.25), as the original visits them one
+    by one: within a band Boruvka rounds join components, and a band's rejected edges are never
+    revisited. Bands keep a round from chaining a whole noisy area on heavy edges while every
+    component is still small (and so has a generous threshold k / |C|). Each band works on
+    local ids of just the components its edges touch.
+    """
+    # Global state, indexed by pixel id.
     root = np.arange(num_pixels, dtype=np.int64)  # root of every pixel, kept fully compressed
     size = np.ones(num_pixels, dtype=np.int64)
     internal = np.zeros(num_pixels, dtype=np.float32)  # Int(C): heaviest joined edge
     touched = np.zeros(num_pixels, dtype=bool)
     local_id = np.zeros(num_pixels, dtype=np.int64)  # scratch: global root -> id within a band
 
-    # Edges are visited in weight bands (geometric, ratio 1.25), as the original visits them one
-    # by one: within a band Boruvka rounds join components, and a band's rejected edges are never
-    # revisited. Bands keep a round from chaining a whole noisy area on heavy edges while every
-    # component is still small (and so has a generous threshold k / |C|). Each band works on
-    # local ids of just the components its edges touch.
     limits = np.unique(np.rint(1.25 ** np.arange(0, 40)).astype(np.float32))
     band_ends = np.searchsorted(weight, limits, side="right").tolist() + [weight.size]
     band_start = 0
@@ -150,24 +162,7 @@ def segment_graph(graph, k: float = 100.0, min_size: int = 50) -> np.ndarray:
         nodes = np.flatnonzero(touched)  # global roots in this band, ascending
         touched[nodes] = False
         local_id[nodes] = np.arange(nodes.size)
-        ba, bb = local_id[ga], local_id[gb]
-        num = nodes.size
-        local_size, local_internal = size[nodes], internal[nodes]
-        band_map = np.arange(num, dtype=np.int64)  # band-start node -> current local component
-        while ba.size:
-            threshold = local_internal + np.float32(k) / local_size
-            passing = bw <= np.minimum(threshold[ba], threshold[bb])
-            if not passing.any():
-                break
-            ba, bb, bw = ba[passing], bb[passing], bw[passing]
-            num, new_label, joined, joined_weight = _boruvka_join(ba, bb, bw, num)
-            local_size = np.bincount(new_label, weights=local_size, minlength=num).astype(np.int64)
-            merged_internal = np.zeros(num, dtype=np.float32)
-            np.maximum.at(merged_internal, new_label, local_internal)
-            np.maximum.at(merged_internal, new_label[joined], joined_weight)
-            local_internal = merged_internal
-            band_map = new_label[band_map]
-            ba, bb, bw = _contract(ba, bb, bw, new_label)
+        num, band_map, local_size, local_internal = _join_band(local_id[ga], local_id[gb], bw, size[nodes], internal[nodes], k)
         if num == nodes.size:
             continue  # nothing joined in this band
         representative = np.empty(num, dtype=np.int64)
@@ -176,13 +171,46 @@ def segment_graph(graph, k: float = 100.0, min_size: int = 50) -> np.ndarray:
         internal[representative] = local_internal
         root[nodes] = representative[band_map]
         root = root[root]  # pixels whose root was just re-rooted point one step further
+    return root
 
-    _, label = np.unique(root, return_inverse=True)
+
+def _join_band(a: np.ndarray, b: np.ndarray, weight: np.ndarray, size: np.ndarray, internal: np.ndarray, k: float):
+    """Boruvka rounds of the joining predicate over one band's edges, until no edge passes.
+
+    a, b: int64 [E] local ids of the N components the band touches; weight: float32 [E], sorted;
+    size: int64 [N] pixels and internal: float32 [N] Int(C) of those components. Returns (number
+    of components after, band_map int64 [N]: each component's component after, and the size and
+    Int(C) of the components after).
+    """
+    num = size.size
+    band_map = np.arange(num, dtype=np.int64)  # band-start component -> current component
+    while a.size:
+        threshold = internal + np.float32(k) / size
+        passing = weight <= np.minimum(threshold[a], threshold[b])
+        if not passing.any():
+            break
+        a, b, weight = a[passing], b[passing], weight[passing]
+        num, new_label, joined, joined_weight = _boruvka_join(a, b, weight, num)
+        size = np.bincount(new_label, weights=size, minlength=num).astype(np.int64)
+        merged_internal = np.zeros(num, dtype=np.float32)
+        np.maximum.at(merged_internal, new_label, internal)
+        np.maximum.at(merged_internal, new_label[joined], joined_weight)
+        internal = merged_internal
+        band_map = new_label[band_map]
+        a, b, weight = _contract(a, b, weight, new_label)
+    return num, band_map, size, internal
+
+
+def _absorb_small_components(label: np.ndarray, a: np.ndarray, b: np.ndarray, weight: np.ndarray, min_size: int):
+    """Clean-up: join every component under ``min_size`` pixels to the component across its
+    lightest edge, in Boruvka rounds until none is left or no small one has a neighbour.
+
+    label: int64 [P] dense component of every pixel; (a, b, weight): the weight-sorted pixel graph.
+    Returns (label int64 [P], the number of component ids it may use).
+    """
     num = int(label.max()) + 1
     size = np.bincount(label, minlength=num)
     a, b, weight = _contract(a, b, weight, label)
-
-    # Clean-up: join every component under min_size to the component across its lightest edge.
     while a.size:
         small = size < min_size
         touches_small = small[a] | small[b]
@@ -194,8 +222,4 @@ def segment_graph(graph, k: float = 100.0, min_size: int = 50) -> np.ndarray:
         size = np.bincount(new_label, weights=size, minlength=num).astype(np.int64)
         label = new_label[label]
         a, b, weight = _contract(a, b, weight, new_label)
-
-    present = np.zeros(num, dtype=bool)
-    present[label] = True
-    dense = np.cumsum(present, dtype=np.int64) - 1
-    return dense[label].reshape(h, w).astype(np.int32)
+    return label, num

@@ -171,6 +171,63 @@ def region_adjacency(unit_pairs: np.ndarray, unit_region: np.ndarray) -> np.ndar
     return np.unique(pairs, axis=0) if pairs.size else pairs.reshape(0, 2)
 
 
+class _RegionTable:
+    """The regions of one grouping, base regions first, then one per merge, in rows of arrays
+    sized for the 2R - 1 regions a full hierarchy holds: member bits, size, box and (when the
+    strategy compares them) the concatenated L1-normalised colour and texture histograms.
+    """
+
+    def __init__(
+        self, region_rows: np.ndarray, size: np.ndarray, box: np.ndarray, colour: np.ndarray, texture: np.ndarray, strategy: str, image_area: int
+    ) -> None:
+        num_base = region_rows.shape[0]
+        capacity = 2 * num_base - 1
+        self.rows = np.zeros((capacity, region_rows.shape[1]), dtype=np.uint64)
+        self.rows[:num_base] = region_rows.view(np.uint64)
+        self.sizes = np.zeros(capacity, dtype=np.float64)
+        self.sizes[:num_base] = size
+        self.boxes = np.zeros((capacity, 4), dtype=np.float64)
+        self.boxes[:num_base] = box
+        use_colour, use_texture = "c" in strategy, "t" in strategy
+        self.use_size, self.use_fill = "s" in strategy, "f" in strategy
+        # The colour and texture similarities are histogram intersections of L1-normalised
+        # histograms; side by side in one matrix, one intersection gives their sum.
+        parts = [h / np.maximum(h.sum(1, keepdims=True), 1e-12) for h, used in ((colour, use_colour), (texture, use_texture)) if used]
+        self.use_hist = bool(parts)
+        self.hist = np.zeros((capacity, sum(p.shape[1] for p in parts)))
+        if parts:
+            self.hist[:num_base] = np.concatenate(parts, axis=1)
+        self.image_area = image_area
+        self.count = num_base
+
+    def similarity(self, i: int, others: np.ndarray) -> np.ndarray:
+        """The strategy's similarity float64 [K] of region i to each of ``others`` int64 [K]."""
+        sizes, boxes = self.sizes, self.boxes
+        value = np.minimum(self.hist[i], self.hist[others]).sum(1) if self.use_hist else np.zeros(others.size)
+        if self.use_size:
+            value += 1.0 - (sizes[i] + sizes[others]) / self.image_area
+        if self.use_fill:
+            lo = np.minimum(boxes[i, :2], boxes[others, :2])
+            hi = np.maximum(boxes[i, 2:], boxes[others, 2:])
+            box_area = np.prod(hi - lo, axis=1)
+            value += 1.0 - (box_area - sizes[i] - sizes[others]) / self.image_area
+        return value
+
+    def merge(self, i: int, j: int) -> int:
+        """Add the union of regions i and j as the next row; returns its index."""
+        new = self.count
+        self.count += 1
+        sizes, boxes = self.sizes, self.boxes
+        self.rows[new] = self.rows[i] | self.rows[j]
+        total = sizes[i] + sizes[j]
+        sizes[new] = total
+        boxes[new, :2] = np.minimum(boxes[i, :2], boxes[j, :2])
+        boxes[new, 2:] = np.maximum(boxes[i, 2:], boxes[j, 2:])
+        if self.use_hist:
+            self.hist[new] = (self.hist[i] * sizes[i] + self.hist[j] * sizes[j]) / total
+        return new
+
+
 def group_hierarchy(
     region_rows: np.ndarray,
     size: np.ndarray,
@@ -190,61 +247,28 @@ def group_hierarchy(
     row per merge (disconnected parts never merge, hence "or fewer").
     """
     num_base = region_rows.shape[0]
-    capacity = 2 * num_base - 1
-    rows = np.zeros((capacity, region_rows.shape[1]), dtype=np.uint64)
-    rows[:num_base] = region_rows.view(np.uint64)
-    sizes = np.zeros(capacity, dtype=np.float64)
-    sizes[:num_base] = size
-    boxes = np.zeros((capacity, 4), dtype=np.float64)
-    boxes[:num_base] = box
-    use_colour, use_texture = "c" in strategy, "t" in strategy
-    use_size, use_fill = "s" in strategy, "f" in strategy
-    # The colour and texture similarities are histogram intersections of L1-normalised
-    # histograms; side by side in one matrix, one intersection gives their sum.
-    parts = [h / np.maximum(h.sum(1, keepdims=True), 1e-12) for h, used in ((colour, use_colour), (texture, use_texture)) if used]
-    hist = np.zeros((capacity, sum(p.shape[1] for p in parts)))
-    if parts:
-        hist[:num_base] = np.concatenate(parts, axis=1)
-
-    def similarity(i: int, others: np.ndarray) -> np.ndarray:
-        value = np.minimum(hist[i], hist[others]).sum(1) if parts else np.zeros(others.size)
-        if use_size:
-            value += 1.0 - (sizes[i] + sizes[others]) / image_area
-        if use_fill:
-            lo = np.minimum(boxes[i, :2], boxes[others, :2])
-            hi = np.maximum(boxes[i, 2:], boxes[others, 2:])
-            box_area = np.prod(hi - lo, axis=1)
-            value += 1.0 - (box_area - sizes[i] - sizes[others]) / image_area
-        return value
-
+    regions = _RegionTable(region_rows, size, box, colour, texture, strategy, image_area)
+    capacity = regions.sizes.size
     neighbours: list[set[int]] = [set() for _ in range(capacity)]
     for i, j in adjacency.tolist():
         neighbours[i].add(j)
         neighbours[j].add(i)
+    # A max-heap of (similarity, i, j) through negated similarities; merging leaves stale pairs.
     heap: list[tuple[float, int, int]] = []
     for i in range(num_base):
         higher = np.fromiter((j for j in neighbours[i] if j > i), dtype=np.int64)
         if higher.size:
-            heap.extend(zip((-similarity(i, higher)).tolist(), [i] * higher.size, higher.tolist()))
+            heap.extend(zip((-regions.similarity(i, higher)).tolist(), [i] * higher.size, higher.tolist()))
     heapq.heapify(heap)
     alive = np.zeros(capacity, dtype=bool)
     alive[:num_base] = True
-    count = num_base
     while heap:
         _, i, j = heapq.heappop(heap)
         if not (alive[i] and alive[j]):
             continue  # a stale pair: one side was merged already
-        new = count
-        count += 1
+        new = regions.merge(i, j)
         alive[i] = alive[j] = False
         alive[new] = True
-        rows[new] = rows[i] | rows[j]
-        total = sizes[i] + sizes[j]
-        sizes[new] = total
-        boxes[new, :2] = np.minimum(boxes[i, :2], boxes[j, :2])
-        boxes[new, 2:] = np.maximum(boxes[i, 2:], boxes[j, 2:])
-        if parts:
-            hist[new] = (hist[i] * sizes[i] + hist[j] * sizes[j]) / total
         around = (neighbours[i] | neighbours[j]) - {i, j}
         for other in around:
             neighbours[other].discard(i)
@@ -253,9 +277,9 @@ def group_hierarchy(
         neighbours[new] = around
         if around:
             others = np.fromiter(around, dtype=np.int64)
-            for value, other in zip((-similarity(new, others)).tolist(), others.tolist()):
+            for value, other in zip((-regions.similarity(new, others)).tolist(), others.tolist()):
                 heapq.heappush(heap, (value, other, new))
-    return rows[:count].view(np.int64)
+    return regions.rows[: regions.count].view(np.int64)
 
 
 def _parse_list(value, name: str) -> list:
@@ -263,6 +287,98 @@ def _parse_list(value, name: str) -> list:
     if not items:
         raise InputError(f"selective_search option {name} must not be empty")
     return items
+
+
+def _parse_options(colour_spaces, ks, strategies) -> tuple[list[str], list[float], list[str]]:
+    """The list options of :func:`selective_search` as lists of colour spaces, scales and
+    strategies, checked; an :class:`InputError` names the bad one."""
+    colour_spaces = [str(v).lower() for v in _parse_list(colour_spaces, "colour_spaces")]
+    ks = [float(v) for v in _parse_list(ks, "ks")]
+    strategies = [str(v).lower() for v in _parse_list(strategies, "strategies")]
+    for strategy in strategies:
+        if not strategy or set(strategy) - STRATEGY_LETTERS:
+            raise InputError(f"selective_search strategy {strategy!r} must be letters of 'ctsf' (colour, texture, size, fill)")
+    return colour_spaces, ks, strategies
+
+
+def _base_segmentations(
+    converted: dict[str, np.ndarray], colour_spaces: list[str], ks: list[float], sigma: float, min_size: int | None
+) -> tuple[list[tuple[str, float]], list[np.ndarray]]:
+    """Felzenszwalb segmentations int32 [H, W] for every (colour space, k) pair, in that order,
+    with the pairs; ``converted`` holds the image in each colour space."""
+    settings, segmentations = [], []
+    for space in colour_spaces:
+        graph = pixel_graph(converted[space], sigma)  # shared by every k of this colour space
+        for k in ks:
+            settings.append((space, k))
+            segmentations.append(segment_graph(graph, k=k, min_size=int(k if min_size is None else min_size)))
+    return settings, segmentations
+
+
+def _unit_colour_texture(
+    units: np.ndarray, num_units: int, converted: dict[str, np.ndarray], colour_spaces: list[str]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per colour space, the colour and texture histograms float64 [U, D] of every unit."""
+    flat_units = units.reshape(-1).astype(np.int64)
+    unit_hist = {}
+    for space in colour_spaces:
+        colour_bins, texture_bins = _pixel_feature_bins(converted[space])
+        unit_hist[space] = (
+            _unit_histograms(flat_units, num_units, colour_bins),
+            _unit_histograms(flat_units, num_units, texture_bins),
+        )
+    return unit_hist
+
+
+def _base_regions(
+    unit_region: np.ndarray,
+    unit_area: np.ndarray,
+    unit_box: np.ndarray,
+    colour_units: np.ndarray,
+    texture_units: np.ndarray,
+    image_size: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One segmentation's base regions as :func:`group_hierarchy` takes them, folded up from its
+    units: (member rows, size, box, colour and texture histograms).
+
+    unit_region: int64 [U] the region of each unit; unit_area int64 [U] and unit_box int64 [U, 4]
+    from ``core.unit_statistics``; colour_units, texture_units: float64 [U, D] unit histograms.
+    image_size: (H, W).
+    """
+    h, w = image_size
+    num_units = unit_region.size
+    num_regions = int(unit_region.max()) + 1
+    one_hot = np.zeros((num_regions, num_units), dtype=bool)
+    one_hot[unit_region, np.arange(num_units)] = True
+    region_rows = core.pack_rows(one_hot)
+    size = np.bincount(unit_region, weights=unit_area, minlength=num_regions)
+    box = np.empty((num_regions, 4), dtype=np.int64)
+    box[:, 0], box[:, 1], box[:, 2:] = w, h, 0
+    np.minimum.at(box[:, 0], unit_region, unit_box[:, 0])
+    np.minimum.at(box[:, 1], unit_region, unit_box[:, 1])
+    np.maximum.at(box[:, 2], unit_region, unit_box[:, 2])
+    np.maximum.at(box[:, 3], unit_region, unit_box[:, 3])
+    colour = np.zeros((num_regions, colour_units.shape[1]))
+    texture = np.zeros((num_regions, texture_units.shape[1]))
+    np.add.at(colour, unit_region, colour_units)
+    np.add.at(texture, unit_region, texture_units)
+    return region_rows, size, box, colour, texture
+
+
+def _rank_candidates(rows: list[np.ndarray], ranks: list[np.ndarray], max_candidates: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates of all hierarchies in rank order, each kept once at its best rank and at most
+    ``max_candidates`` of them: members int64 [N, W64] and scores float32 [N] in (0, 1], falling
+    linearly with rank. rows: member rows per hierarchy; ranks: float64 rank keys per hierarchy
+    (lower first)."""
+    rows = np.concatenate(rows)
+    order = np.argsort(np.concatenate(ranks), kind="stable")
+    rows = rows[order]
+    _, first = np.unique(rows, axis=0, return_index=True)  # duplicates: keep the best-ranked copy
+    keep = np.sort(first)[: int(max_candidates)]
+    members = np.ascontiguousarray(rows[keep])
+    count = members.shape[0]
+    scores = (1.0 - np.arange(count, dtype=np.float64) / count).astype(np.float32)
+    return members, scores
 
 
 def selective_search(
@@ -298,70 +414,31 @@ def selective_search(
         raise InputError(f"selective_search needs an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
     if int(max_candidates) < 1:
         raise InputError(f"max_candidates must be at least 1, got {max_candidates}")
-    colour_spaces = [str(v).lower() for v in _parse_list(colour_spaces, "colour_spaces")]
-    ks = [float(v) for v in _parse_list(ks, "ks")]
-    strategies = [str(v).lower() for v in _parse_list(strategies, "strategies")]
-    for strategy in strategies:
-        if not strategy or set(strategy) - STRATEGY_LETTERS:
-            raise InputError(f"selective_search strategy {strategy!r} must be letters of 'ctsf' (colour, texture, size, fill)")
+    colour_spaces, ks, strategies = _parse_options(colour_spaces, ks, strategies)
     h, w = image.shape[:2]
 
     converted = {space: convert_colour(image, space) for space in colour_spaces}
-    settings, segmentations = [], []
-    for space in colour_spaces:
-        graph = pixel_graph(converted[space], sigma)  # shared by every k of this colour space
-        for k in ks:
-            settings.append((space, k))
-            segmentations.append(segment_graph(graph, k=k, min_size=int(k if min_size is None else min_size)))
+    settings, segmentations = _base_segmentations(converted, colour_spaces, ks, sigma, min_size)
     if min_unit_size is None:
         min_unit_size = max(2, round(16 * h * w / (375 * 500)))
     units, region_of_unit = common_refinement(segmentations, int(min_unit_size))
     num_units = region_of_unit.shape[1]
-    flat_units = units.reshape(-1).astype(np.int64)
     unit_area, unit_box = core.unit_statistics(units, num_units)
     unit_pairs = adjacent_units(units)
-    unit_hist = {}
-    for space in colour_spaces:
-        colour_bins, texture_bins = _pixel_feature_bins(converted[space])
-        unit_hist[space] = (
-            _unit_histograms(flat_units, num_units, colour_bins),
-            _unit_histograms(flat_units, num_units, texture_bins),
-        )
+    unit_hist = _unit_colour_texture(units, num_units, converted, colour_spaces)
 
     rng = np.random.default_rng(seed)
     all_rows, all_rank = [], []
     for (space, _k), unit_region in zip(settings, region_of_unit):
-        num_regions = int(unit_region.max()) + 1
-        one_hot = np.zeros((num_regions, num_units), dtype=bool)
-        one_hot[unit_region, np.arange(num_units)] = True
-        region_rows = core.pack_rows(one_hot)
-        size = np.bincount(unit_region, weights=unit_area, minlength=num_regions)
-        box = np.empty((num_regions, 4), dtype=np.int64)
-        box[:, 0], box[:, 1], box[:, 2:] = w, h, 0
-        np.minimum.at(box[:, 0], unit_region, unit_box[:, 0])
-        np.minimum.at(box[:, 1], unit_region, unit_box[:, 1])
-        np.maximum.at(box[:, 2], unit_region, unit_box[:, 2])
-        np.maximum.at(box[:, 3], unit_region, unit_box[:, 3])
-        colour_units, texture_units = unit_hist[space]
-        colour = np.zeros((num_regions, colour_units.shape[1]))
-        texture = np.zeros((num_regions, texture_units.shape[1]))
-        np.add.at(colour, unit_region, colour_units)
-        np.add.at(texture, unit_region, texture_units)
+        regions = _base_regions(unit_region, unit_area, unit_box, *unit_hist[space], (h, w))
         adjacency = region_adjacency(unit_pairs, unit_region)
         for strategy in strategies:
-            rows = group_hierarchy(region_rows, size, box, colour, texture, adjacency, strategy, h * w)
+            rows = group_hierarchy(*regions, adjacency, strategy, h * w)
             # Paper's ranking: position from the top of the hierarchy (1 = last merge) times U(0, 1).
             position = np.arange(rows.shape[0], 0, -1, dtype=np.float64)
             all_rows.append(rows)
             all_rank.append(position * rng.random(rows.shape[0]))
-    rows = np.concatenate(all_rows)
-    order = np.argsort(np.concatenate(all_rank), kind="stable")
-    rows = rows[order]
-    _, first = np.unique(rows, axis=0, return_index=True)  # duplicates: keep the best-ranked copy
-    keep = np.sort(first)[: int(max_candidates)]
-    members = np.ascontiguousarray(rows[keep])
-    count = members.shape[0]
-    scores = (1.0 - np.arange(count, dtype=np.float64) / count).astype(np.float32)
+    members, scores = _rank_candidates(all_rows, all_rank, max_candidates)
     return units, members, scores
 
 
