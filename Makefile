@@ -17,7 +17,7 @@ CUDA_TORCH_SPEC ?= torch==2.14.1
 CUDA_HOME ?= /usr/local/cuda
 TORCH_CUDA_ARCH_LIST ?= 8.0;9.0
 
-.PHONY: setup demo test bench cuda-check gpu-check clean
+.PHONY: setup demo test bench format-check cuda-check gpu-check clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,15 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/assign_bench.py --json $(DEMO_OUT)/../assign_bench.json
+
+# The C++/CUDA format check (CI): csrc/ against .clang-format, with a pinned clang-format from PyPI
+# (a wheel of a few MB, installed into the venv once), so every machine formats alike.
+CLANG_FORMAT_VERSION ?= 19.1.7
+CLANG_FORMAT := $(VENV)/bin/clang-format
+format-check: $(PY)
+	@$(CLANG_FORMAT) --version 2>/dev/null | grep -qF "version $(CLANG_FORMAT_VERSION)" || \
+		$(PIP) install -q "clang-format==$(CLANG_FORMAT_VERSION)"
+	$(CLANG_FORMAT) --dry-run --Werror $$(find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' | sort)
 
 # CUDA compile check (CI, where nvcc exists): build the CUDA kernels against a CUDA build of torch
 # in a second environment, from a copy of the tree so the CPU build in place is left alone.

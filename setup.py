@@ -66,7 +66,11 @@ def cuda_library_includes() -> list:
 
 
 def extensions():
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources = sorted(
+        glob.glob(os.path.join("csrc", "*.cpp"))
+        + glob.glob(os.path.join("csrc", "common", "*.cpp"))
+        + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))
+    )
     # The torch the kernels are built against is recorded, so a load beside another torch can say so.
     define_macros = [("BOXSUP_VERSION", f'"{VERSION}"'), ("BOXSUP_TORCH_VERSION", f'"{torch.__version__}"')]
     # -fno-trapping-math lets GCC if-convert and vectorise the branch-free exp/log loops; the kernels
@@ -80,7 +84,7 @@ def extensions():
         cxx_flags.remove("-fopenmp")
         extra_link_args = []
     if want_cuda():
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
         define_macros.append(("BOXSUP_WITH_CUDA", None))
         return [
             CUDAExtension(

@@ -86,8 +86,10 @@ __all__ = [
 
 
 def build_info() -> dict:
-    """Facts about the compiled kernels: ``version``, ``cuda_compiled`` (CUDA kernels built in),
-    ``num_threads`` (ATen's intra-op threads), ``torch_built_against``, ``cuda_available``."""
+    """Facts about the compiled kernels, as a dict: ``version`` (the package version they were built
+    for), ``cuda_compiled`` (whether the CUDA kernels are built in), ``num_threads`` (ATen's intra-op
+    threads, which the CPU kernels use), ``torch_built_against`` (``torch.__version__`` at build time)
+    and ``cuda_available`` (``torch.cuda.is_available()`` now)."""
     return {
         "version": _C.version(),
         "cuda_compiled": bool(_C.cuda_compiled()),

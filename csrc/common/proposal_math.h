@@ -47,45 +47,31 @@ HOST_DEVICE_INLINE int32_t float_to_bits(float value) {
 #endif
 }
 
-// Lane helpers, so the exp/log below are written once for a scalar float (CPU and CUDA) and for
-// the CPU's SIMD vectors (GCC/Clang vector extensions, 8 floats: one AVX2 register, two SSE ones).
-HOST_DEVICE_INLINE float select_less(float a, float b, float if_less, float otherwise) {
-  return a < b ? if_less : otherwise;
-}
-HOST_DEVICE_INLINE int32_t truncate_to_int(float v) { return static_cast<int32_t>(v); }
-HOST_DEVICE_INLINE float int_to_float(int32_t v) { return static_cast<float>(v); }
-HOST_DEVICE_INLINE float reinterpret_as_float(int32_t bits) { return bits_to_float(bits); }
-HOST_DEVICE_INLINE int32_t reinterpret_as_int(float value) { return float_to_bits(value); }
+// The lane operations of the exp/log below, so that they are written once for a scalar float (CPU
+// and CUDA) and for the CPU's SIMD vectors (cpu/vec.h specialises Lanes for its 8-float vectors).
+// A class template rather than overloads: a specialisation declared after these templates is still
+// found where they are instantiated.
+template <typename F>
+struct Lanes;
 
-#if !defined(__CUDACC__) && !defined(__HIPCC__) && (defined(__GNUC__) || defined(__clang__))
-#define BOXSUP_HAVE_VECTOR_FLOAT 1
-typedef float vfloat8 __attribute__((vector_size(32)));
-typedef int32_t vint8 __attribute__((vector_size(32)));
-inline vfloat8 splat8(float v) { return vfloat8{v, v, v, v, v, v, v, v}; }
-inline vfloat8 select_less(vfloat8 a, vfloat8 b, vfloat8 if_less, vfloat8 otherwise) {
-  return a < b ? if_less : otherwise;
-}
-inline vfloat8 select_less(vfloat8 a, float b, vfloat8 if_less, vfloat8 otherwise) {
-  return select_less(a, splat8(b), if_less, otherwise);
-}
-inline vfloat8 select_less(vfloat8 a, vfloat8 b, float if_less, vfloat8 otherwise) {
-  return select_less(a, b, splat8(if_less), otherwise);
-}
-inline vfloat8 select_less(vfloat8 a, float b, float if_less, vfloat8 otherwise) {
-  return select_less(a, splat8(b), splat8(if_less), otherwise);
-}
-inline vint8 truncate_to_int(vfloat8 v) { return __builtin_convertvector(v, vint8); }
-inline vfloat8 int_to_float(vint8 v) { return __builtin_convertvector(v, vfloat8); }
-inline vfloat8 reinterpret_as_float(vint8 bits) { return (vfloat8)bits; }  // bit cast
-inline vint8 reinterpret_as_int(vfloat8 value) { return (vint8)value; }  // bit cast
-#endif
+template <>
+struct Lanes<float> {
+  HOST_DEVICE_INLINE static float select_less(float a, float b, float if_less, float otherwise) {
+    return a < b ? if_less : otherwise;
+  }
+  HOST_DEVICE_INLINE static int32_t truncate_to_int(float v) { return static_cast<int32_t>(v); }
+  HOST_DEVICE_INLINE static float int_to_float(int32_t v) { return static_cast<float>(v); }
+  HOST_DEVICE_INLINE static float reinterpret_as_float(int32_t bits) { return bits_to_float(bits); }
+  HOST_DEVICE_INLINE static int32_t reinterpret_as_int(float value) { return float_to_bits(value); }
+};
 
 // exp(x) for x <= 0 (softmax numerators after subtracting the maximum), branch-free: Cephes expf
 // range reduction and polynomial, relative error about 2e-7. Inputs below -87 flush to
 // exp(-87) ~ 1.6e-38, which cannot change a sum that holds exp(0) = 1.
 template <typename F>
 HOST_DEVICE_INLINE F exp_nonpositive(F x) {
-  x = select_less(x, -87.0f, -87.0f, x);
+  using L = Lanes<F>;
+  x = L::select_less(x, -87.0f, -87.0f, x);
   // Round x * log2(e) to the nearest integer with the 1.5 * 2^23 trick (exact in float32).
   const float shifter = 12582912.0f;
   F n = x * 1.44269504088896341f + shifter;
@@ -98,19 +84,20 @@ HOST_DEVICE_INLINE F exp_nonpositive(F x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const F y = p * r * r + r + 1.0f;
-  return y * reinterpret_as_float((truncate_to_int(n) + 127) << 23);
+  return y * L::reinterpret_as_float((L::truncate_to_int(n) + 127) << 23);
 }
 
 // log(x) for a finite x >= 1 (a softmax denominator that includes exp(0) = 1): Cephes logf,
 // relative error about 1e-7, branch-free.
 template <typename F>
 HOST_DEVICE_INLINE F log_at_least_one(F x) {
-  const auto bits = reinterpret_as_int(x);
-  F e = int_to_float((bits >> 23) - 127);
-  F m = reinterpret_as_float((bits & 0x007fffff) | 0x3f800000);  // mantissa in [1, 2)
+  using L = Lanes<F>;
+  const auto bits = L::reinterpret_as_int(x);
+  F e = L::int_to_float((bits >> 23) - 127);
+  F m = L::reinterpret_as_float((bits & 0x007fffff) | 0x3f800000);  // mantissa in [1, 2)
   // Move m into [sqrt(1/2), sqrt(2)) so the polynomial argument stays small.
-  e = select_less(m, 1.41421356f, e, e + 1.0f);
-  m = select_less(m, 1.41421356f, m, m * 0.5f);
+  e = L::select_less(m, 1.41421356f, e, e + 1.0f);
+  m = L::select_less(m, 1.41421356f, m, m * 0.5f);
   const F t = m - 1.0f;
   const F z = t * t;
   F p = t * 7.0376836292e-2f - 1.1514610310e-1f;

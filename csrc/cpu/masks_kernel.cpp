@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "../common/paint_inputs.h"
 #include "../common/proposal_math.h"
 #include "for_each_image.h"
 
@@ -102,10 +103,11 @@ at::Tensor paint_labels_impl(const PaintInputs& in) {
 }
 
 at::Tensor paint_labels_cpu(const at::Tensor& units, const at::Tensor& members, const at::Tensor& chosen,
-                            const at::Tensor& labels, const c10::optional<at::Tensor>& boxes, bool clip,
+                            const at::Tensor& labels, const std::optional<at::Tensor>& boxes, bool clip,
                             int64_t unassigned) {
   const PaintInputs in = prepare_paint_inputs(units, members, chosen, labels, boxes, clip, unassigned, "");
-  return AT_DISPATCH_INDEX_TYPES(in.units.scalar_type(), "paint_labels", [&] { return paint_labels_impl<index_t>(in); });
+  return AT_DISPATCH_INDEX_TYPES(in.units.scalar_type(), "paint_labels",
+                                 [&] { return paint_labels_impl<index_t>(in); });
 }
 
 std::vector<at::Tensor> paint_labels_batched_cpu(at::TensorList units, at::TensorList members, at::TensorList chosen,

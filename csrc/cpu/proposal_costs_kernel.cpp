@@ -17,8 +17,10 @@
 #include <vector>
 
 #include "../common/checks.h"
+#include "../common/op_types.h"
 #include "../common/proposal_math.h"
 #include "for_each_image.h"
+#include "vec.h"
 
 // Compile the hot loop for AVX2 as well as the baseline ISA and pick at load time, so one build
 // runs everywhere and uses 8-wide vectors where the CPU has them.
@@ -33,15 +35,6 @@ namespace {
 
 constexpr int64_t kBlock = 256;  // pixels per vectorised block
 
-#ifdef BOXSUP_HAVE_VECTOR_FLOAT
-inline math::vfloat8 load8(const float* p) {
-  math::vfloat8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void store8(float* p, math::vfloat8 v) { std::memcpy(p, &v, sizeof(v)); }
-#endif
-
 // lse[i] = log(sum_c exp(x_c[i])) for `count` pixels whose class scores start at channel[c], with
 // math::logsumexp_classes (the function the CUDA kernel calls per pixel); bad[i] is non-zero when a
 // score is NaN or +-inf. Eight pixels at a time keep their running maxima and sums in registers.
@@ -53,12 +46,13 @@ void row_logsumexp(const float* const* channel, int64_t num_classes, int64_t cou
   for (; i + 8 <= count; i += 8) {
     math::vfloat8 check;
     const math::vfloat8 value =
-        math::logsumexp_classes([&](int64_t c) { return load8(channel[c] + i); }, num_classes, &check);
-    store8(lse + i, value);
-    store8(bad + i, check);
+        math::logsumexp_classes([&](int64_t c) { return math::load8(channel[c] + i); }, num_classes, &check);
+    math::store8(lse + i, value);
+    math::store8(bad + i, check);
   }
 #endif
-  for (; i < count; ++i) lse[i] = math::logsumexp_classes([&](int64_t c) { return channel[c][i]; }, num_classes, bad + i);
+  for (; i < count; ++i)
+    lse[i] = math::logsumexp_classes([&](int64_t c) { return channel[c][i]; }, num_classes, bad + i);
 }
 
 // One image's inputs, checked, with the small per-box tables on the host.
@@ -119,6 +113,21 @@ struct UnitStats {
 struct Flags {
   std::atomic<bool> bad_unit{false}, bad_logit{false};
 };
+
+// Stage 1, row y: adds the row's pixels inside each box to their units' column 1 + m.
+template <typename unit_t>
+void count_box_pixels(const ImageInputs& in, int64_t y, const unit_t* unit_row, UnitStats& stats) {
+  const int64_t S = stats.columns, num_units = stats.units;
+  int64_t* sums = stats.sums.data();
+  for (int64_t m = 0; m < in.num_boxes; ++m) {
+    const int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
+    if (y < info[math::kRowBegin] || y >= info[math::kRowEnd]) continue;
+    for (int64_t x = info[math::kColBegin]; x < info[math::kColEnd]; ++x) {
+      const int64_t u = static_cast<int64_t>(unit_row[x]);
+      if (u >= 0 && u < num_units) sums[(u + 1) * S + 1 + m] += 1;
+    }
+  }
+}
 
 // Stage 1 over rows [row_begin, row_end) of one image.
 template <typename unit_t, typename logit_t>
@@ -184,14 +193,7 @@ void accumulate_rows(const ImageInputs& in, int64_t row_begin, int64_t row_end, 
         }
       }
     }
-    for (int64_t m = 0; m < M; ++m) {
-      const int64_t* info = in.box_info.data() + m * math::kBoxInfoFields;
-      if (y < info[math::kRowBegin] || y >= info[math::kRowEnd]) continue;
-      for (int64_t x = info[math::kColBegin]; x < info[math::kColEnd]; ++x) {
-        const int64_t u = static_cast<int64_t>(unit_row[x]);
-        if (u >= 0 && u < num_units) sums[(u + 1) * S + 1 + m] += 1;
-      }
-    }
+    count_box_pixels(in, y, unit_row, stats);
   }
   stats.max_nll = max_nll;
 }
@@ -216,8 +218,8 @@ void to_prefix_sums(UnitStats& stats) {
   int64_t* sums = stats.sums.data();
   for (int64_t u = 1; u <= num_units; ++u)
     for (int64_t k = 0; k < S; ++k)
-      sums[u * S + k] = static_cast<int64_t>(static_cast<uint64_t>(sums[u * S + k]) +
-                                             static_cast<uint64_t>(sums[(u - 1) * S + k]));
+      sums[u * S + k] =
+          static_cast<int64_t>(static_cast<uint64_t>(sums[u * S + k]) + static_cast<uint64_t>(sums[(u - 1) * S + k]));
 }
 
 struct CostOutputs {
@@ -263,11 +265,41 @@ double unit_statistics(const ImageInputs& in, double nll_bound, UnitStats& stats
   return stats.max_nll;
 }
 
+// Stage 2 for one candidate: adds the statistics of its units (the set bits of its `num_words`
+// member words) to acc[0 .. S) and corner, run by run over consecutive set bits. Runs may cross
+// word boundaries here (long per-pixel runs fold in one step).
+void fold_candidate(const math::UnitTable& table, const uint64_t* words, int64_t num_words, int64_t S, int64_t* acc,
+                    int64_t* corner) {
+  int64_t run_start = -1;
+  uint64_t carry = 0;  // the previous word's top bit
+  for (int64_t w = 0; w < num_words; ++w) {
+    const uint64_t x = words[w];
+    const uint64_t previous = (x << 1) | carry;
+    uint64_t edges = x ^ previous;  // run starts and (exclusive) run ends
+    carry = x >> 63;
+    while (edges) {
+      const int64_t position = w * 64 + math::count_trailing_zeros(edges);
+      edges &= edges - 1;
+      if (run_start < 0) {
+        run_start = position;
+      } else {
+        math::fold_sums(table, run_start, position, 0, S, acc);
+        math::fold_corners(table, run_start, position, corner);
+        run_start = -1;
+      }
+    }
+  }
+  if (run_start >= 0) {
+    const int64_t num_units = num_words * 64;
+    math::fold_sums(table, run_start, num_units, 0, S, acc);
+    math::fold_corners(table, run_start, num_units, corner);
+  }
+}
+
 CostOutputs proposal_costs_one_image(const ImageInputs& in) {
   CostOutputs out = allocate_outputs(in);
   const int64_t N = in.num_candidates, M = in.num_boxes;
   if (N == 0) return out;
-  const int64_t num_units = in.num_units();
   const int64_t S = in.num_columns();
 
   // Stage 1: per-unit statistics, one partial set per worker, merged afterwards. A pixel NLL above
@@ -296,31 +328,8 @@ CostOutputs proposal_costs_one_image(const ImageInputs& in) {
       std::fill(acc.begin(), acc.end(), 0);
       int64_t corner[math::kCornerFields];
       math::init_corners(corner);
-      const uint64_t* words = reinterpret_cast<const uint64_t*>(members + n * in.num_words);
-      // Runs may cross word boundaries here (long per-pixel runs fold in one step).
-      int64_t run_start = -1;
-      uint64_t carry = 0;  // the previous word's top bit
-      for (int64_t w = 0; w < in.num_words; ++w) {
-        const uint64_t x = words[w];
-        const uint64_t previous = (x << 1) | carry;
-        uint64_t edges = x ^ previous;  // run starts and (exclusive) run ends
-        carry = x >> 63;
-        while (edges) {
-          const int64_t position = w * 64 + math::count_trailing_zeros(edges);
-          edges &= edges - 1;
-          if (run_start < 0) {
-            run_start = position;
-          } else {
-            math::fold_sums(table, run_start, position, 0, S, acc.data());
-            math::fold_corners(table, run_start, position, corner);
-            run_start = -1;
-          }
-        }
-      }
-      if (run_start >= 0) {
-        math::fold_sums(table, run_start, num_units, 0, S, acc.data());
-        math::fold_corners(table, run_start, num_units, corner);
-      }
+      fold_candidate(table, reinterpret_cast<const uint64_t*>(members + n * in.num_words), in.num_words, S, acc.data(),
+                     corner);
       double box[4];
       math::finalize_bbox(acc[0], corner, area + n, bbox + 4 * n, box);
       for (int64_t m = 0; m < M; ++m) {
@@ -333,9 +342,8 @@ CostOutputs proposal_costs_one_image(const ImageInputs& in) {
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> proposal_costs_cpu(
-    const at::Tensor& units, const at::Tensor& members, const at::Tensor& logits, const at::Tensor& boxes,
-    const at::Tensor& labels) {
+CostTuple proposal_costs_cpu(const at::Tensor& units, const at::Tensor& members, const at::Tensor& logits,
+                             const at::Tensor& boxes, const at::Tensor& labels) {
   const ImageInputs in = prepare_image(units, members, logits, boxes, labels, image_where(false, 0));
   CostOutputs out = proposal_costs_one_image(in);
   return {out.area, out.bbox, out.iou_box, out.iou_mask, out.mean_ce};

@@ -8,27 +8,24 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "../common/checks.h"
+#include "../common/paint_inputs.h"
 #include "../common/proposal_math.h"
+#include "device_utils.cuh"
 
 namespace boxsup {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr unsigned kFullMask = 0xffffffffu;
-
-int64_t blocks_for(int64_t work) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  return std::max<int64_t>(1, std::min<int64_t>((work + kThreads - 1) / kThreads, sms * 32));
-}
 
 __global__ void pack_kernel(const bool* masks, int64_t length, int64_t words_per_row, int64_t total_words,
                             uint64_t* out) {
-  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < total_words;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  const GridStride items = thread_items();
+  for (int64_t k = items.first; k < total_words; k += items.step) {
     const int64_t n = k / words_per_row, w = k % words_per_row;
     const bool* bits = masks + n * length + w * 64;
     const int64_t count = min(static_cast<int64_t>(64), length - w * 64);
@@ -38,10 +35,9 @@ __global__ void pack_kernel(const bool* masks, int64_t length, int64_t words_per
   }
 }
 
-__global__ void unpack_kernel(const uint64_t* words, int64_t words_per_row, int64_t length, int64_t total,
-                              bool* out) {
-  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < total;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+__global__ void unpack_kernel(const uint64_t* words, int64_t words_per_row, int64_t length, int64_t total, bool* out) {
+  const GridStride items = thread_items();
+  for (int64_t k = items.first; k < total; k += items.step) {
     const int64_t n = k / length, i = k % length;
     out[k] = (words[n * words_per_row + (i >> 6)] >> (i & 63)) & 1;
   }
@@ -54,7 +50,7 @@ at::Tensor pack_masks_cuda(const at::Tensor& masks) {
   const int64_t N = in.size(0), L = in.size(1), W64 = (L + 63) / 64;
   at::Tensor out = at::zeros({N, W64}, in.options().dtype(at::kLong));
   if (N * W64 == 0) return out;
-  pack_kernel<<<blocks_for(N * W64), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  pack_kernel<<<blocks_for(N * W64, kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
       in.data_ptr<bool>(), L, W64, N * W64, reinterpret_cast<uint64_t*>(out.data_ptr<int64_t>()));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -66,9 +62,8 @@ at::Tensor unpack_masks_cuda(const at::Tensor& words, int64_t length) {
   const at::Tensor in = words.contiguous();
   at::Tensor out = at::empty({in.size(0), length}, in.options().dtype(at::kBool));
   if (out.numel() == 0) return out;
-  unpack_kernel<<<blocks_for(out.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-      reinterpret_cast<const uint64_t*>(in.data_ptr<int64_t>()), in.size(1), length, out.numel(),
-      out.data_ptr<bool>());
+  unpack_kernel<<<blocks_for(out.numel(), kThreads), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const uint64_t*>(in.data_ptr<int64_t>()), in.size(1), length, out.numel(), out.data_ptr<bool>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
@@ -77,7 +72,7 @@ at::Tensor unpack_masks_cuda(const at::Tensor& words, int64_t length) {
 // read of the units flag. Regions (one per box with a candidate, in box order) are painted by rank
 // (math::paint_rank over their painted areas, computed on the device), so no host sort is needed.
 struct PaintRegion {
-  const uint64_t* row;  // member bits of the chosen candidate (nullptr: a box without a candidate)
+  const uint64_t* row;     // member bits of the chosen candidate (nullptr: a box without a candidate)
   int64_t c0, c1, r0, r1;  // where it may paint (its box when clipping, else the image)
   int32_t label;
 };
@@ -87,8 +82,8 @@ struct PaintImage {
   uint8_t* out;
   int64_t pixel_begin, region_begin;
   int64_t height, width, words;
-  int32_t units_are_int64, num_regions;   // regions with a candidate come first,
-  int32_t num_unassigned;                 // then the rectangles of boxes without one
+  int32_t units_are_int64, num_regions;  // regions with a candidate come first,
+  int32_t num_unassigned;                // then the rectangles of boxes without one
 };
 
 struct PaintBatch {
@@ -102,17 +97,11 @@ struct PaintBatch {
 };
 
 __device__ __forceinline__ int find_paint_image(const PaintImage* images, int count, int64_t pixel) {
-  int lo = 0, hi = count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (images[mid].pixel_begin <= pixel) lo = mid; else hi = mid - 1;
-  }
-  return lo;
+  return owning_image(count, pixel, [&](int i) { return images[i].pixel_begin; });
 }
 
 __device__ __forceinline__ int64_t unit_at(const PaintImage& im, int64_t p) {
-  return im.units_are_int64 ? static_cast<const int64_t*>(im.units)[p]
-                            : static_cast<int64_t>(static_cast<const int32_t*>(im.units)[p]);
+  return load_unit(im.units, im.units_are_int64, p);
 }
 
 __device__ __forceinline__ bool in_rect(const PaintRegion& r, int64_t x, int64_t y) {
@@ -126,8 +115,8 @@ __device__ __forceinline__ bool covers(const PaintRegion& r, int64_t unit, int64
 // Painted area of every region: lanes that hit the same region add once per warp.
 __global__ void region_area_kernel(PaintBatch t, int64_t total_pixels) {
   const int lane = threadIdx.x & 31;
-  for (int64_t base = blockIdx.x * static_cast<int64_t>(blockDim.x) + (threadIdx.x & ~31); base < total_pixels;
-       base += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  const GridStride warps = warp_aligned_thread_items();
+  for (int64_t base = warps.first; base < total_pixels; base += warps.step) {
     const int64_t g = base + lane;
     const bool valid = g < total_pixels;
     const PaintImage& im = t.images[find_paint_image(t.images, t.num_images, valid ? g : total_pixels - 1)];
@@ -137,9 +126,7 @@ __global__ void region_area_kernel(PaintBatch t, int64_t total_pixels) {
       atomicMin(t.bad_unit_image, static_cast<unsigned long long>(&im - t.images));
     const int64_t y = p / im.width, x = p % im.width;
     const int mine = valid ? im.num_regions : 0;
-    int most = mine;
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) most = max(most, __shfl_xor_sync(kFullMask, most, offset));
+    const int most = warp_max(mine);
     for (int k = 0; k < most; ++k) {
       long long key = -1 - lane;
       if (k < mine && covers(t.regions[im.region_begin + k], unit, x, y, im.words)) key = im.region_begin + k;
@@ -150,14 +137,9 @@ __global__ void region_area_kernel(PaintBatch t, int64_t total_pixels) {
 }
 
 __global__ void region_rank_kernel(PaintBatch t, int64_t total_regions) {
-  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < total_regions;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int lo = 0, hi = t.num_images - 1;  // the image whose regions hold k
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) >> 1;
-      if (t.images[mid].region_begin <= k) lo = mid; else hi = mid - 1;
-    }
-    const PaintImage& im = t.images[lo];
+  const GridStride items = thread_items();
+  for (int64_t k = items.first; k < total_regions; k += items.step) {
+    const PaintImage& im = t.images[owning_image(t.num_images, k, [&](int i) { return t.images[i].region_begin; })];
     t.rank[k] = math::paint_rank(reinterpret_cast<const int64_t*>(t.area) + im.region_begin, im.num_regions,
                                  k - im.region_begin);
   }
@@ -166,8 +148,8 @@ __global__ void region_rank_kernel(PaintBatch t, int64_t total_regions) {
 // Each pixel takes the label of the covering region of highest rank; a pixel no region covers, inside
 // the rectangle of a box without a candidate, takes `unassigned` (when >= 0); the rest is 0.
 __global__ void paint_kernel(PaintBatch t, int64_t total_pixels) {
-  for (int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; g < total_pixels;
-       g += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  const GridStride items = thread_items();
+  for (int64_t g = items.first; g < total_pixels; g += items.step) {
     const PaintImage& im = t.images[find_paint_image(t.images, t.num_images, g)];
     const int64_t p = g - im.pixel_begin;
     const int64_t unit = unit_at(im, p);
@@ -194,47 +176,68 @@ __global__ void paint_kernel(PaintBatch t, int64_t total_pixels) {
   }
 }
 
+// The regions of one image, appended to `regions`: those with a candidate (in box order), then,
+// when `unassigned` >= 0, the rectangles of the boxes without one.
+void add_regions(const PaintInputs& in, PaintImage& im, std::vector<PaintRegion>& regions) {
+  const uint64_t* rows = reinterpret_cast<const uint64_t*>(in.members.data_ptr<int64_t>());
+  im.region_begin = static_cast<int64_t>(regions.size());
+  for (int pass = 0; pass < 2; ++pass) {  // regions with a candidate, then boxes without one
+    for (size_t m = 0; m < in.chosen.size(); ++m) {
+      if ((in.chosen[m] >= 0) != (pass == 0)) continue;
+      if (pass == 1 && in.unassigned < 0) break;
+      const PixelRect rect = paint_rect(in, m, in.clip || pass == 1);
+      regions.push_back({pass == 0 ? rows + in.chosen[m] * in.num_words : nullptr, rect.col_begin, rect.col_end,
+                         rect.row_begin, rect.row_end, static_cast<int32_t>(in.labels[m])});
+    }
+    if (pass == 0) im.num_regions = static_cast<int32_t>(regions.size() - im.region_begin);
+  }
+  im.num_unassigned = static_cast<int32_t>(regions.size() - im.region_begin) - im.num_regions;
+}
+
+// The host tables of a paint call: one PaintImage per image (writing into out[b]) and the regions.
+struct PaintTables {
+  std::vector<PaintImage> images;
+  std::vector<PaintRegion> regions;
+  int64_t pixels = 0;
+};
+
+PaintTables paint_tables(const std::vector<PaintInputs>& inputs, const std::vector<at::Tensor>& out) {
+  const size_t B = inputs.size();
+  PaintTables tables;
+  tables.images.resize(B);
+  for (size_t b = 0; b < B; ++b) {
+    const PaintInputs& in = inputs[b];
+    PaintImage& im = tables.images[b];
+    im.units = in.units.data_ptr();
+    im.out = out[b].data_ptr<uint8_t>();
+    im.pixel_begin = tables.pixels;
+    im.height = in.height;
+    im.width = in.width;
+    im.words = in.num_words;
+    im.units_are_int64 = in.units.scalar_type() == at::kLong;
+    add_regions(in, im, tables.regions);
+    tables.pixels += in.height * in.width;
+  }
+  for (size_t b = 0; b + 1 < B; ++b)  // images without pixels are never found by a pixel index
+    if (tables.images[b].height * tables.images[b].width == 0)
+      tables.images[b].pixel_begin = tables.images[b + 1].pixel_begin;
+  return tables;
+}
+
 // The inputs of one call share `unassigned` (prepare_paint_inputs stores it in each).
 std::vector<at::Tensor> paint_batch(const std::vector<PaintInputs>& inputs) {
   const size_t B = inputs.size();
   std::vector<at::Tensor> out(B);
   if (B == 0) return out;
   const at::Device device = inputs[0].units.device();
-  std::vector<PaintImage> images(B);
-  std::vector<PaintRegion> regions;
-  int64_t pixels = 0;
-  for (size_t b = 0; b < B; ++b) {
-    const PaintInputs& in = inputs[b];
-    out[b] = at::empty({in.height, in.width}, in.units.options().dtype(at::kByte));  // paint_kernel writes every pixel
-    PaintImage& im = images[b];
-    im.units = in.units.data_ptr();
-    im.out = out[b].data_ptr<uint8_t>();
-    im.pixel_begin = pixels;
-    im.region_begin = static_cast<int64_t>(regions.size());
-    im.height = in.height;
-    im.width = in.width;
-    im.words = in.num_words;
-    im.units_are_int64 = in.units.scalar_type() == at::kLong;
-    const uint64_t* rows = reinterpret_cast<const uint64_t*>(in.members.data_ptr<int64_t>());
-    for (int pass = 0; pass < 2; ++pass) {  // regions with a candidate, then boxes without one
-      for (size_t m = 0; m < in.chosen.size(); ++m) {
-        if ((in.chosen[m] >= 0) != (pass == 0)) continue;
-        if (pass == 1 && in.unassigned < 0) break;
-        const PixelRect rect = paint_rect(in, m, in.clip || pass == 1);
-        regions.push_back({pass == 0 ? rows + in.chosen[m] * in.num_words : nullptr, rect.col_begin, rect.col_end,
-                           rect.row_begin, rect.row_end, static_cast<int32_t>(in.labels[m])});
-      }
-      if (pass == 0) im.num_regions = static_cast<int32_t>(regions.size() - im.region_begin);
-    }
-    im.num_unassigned = static_cast<int32_t>(regions.size() - im.region_begin) - im.num_regions;
-    pixels += in.height * in.width;
-  }
-  for (size_t b = 0; b + 1 < B; ++b)  // images without pixels are never found by a pixel index
-    if (images[b].height * images[b].width == 0) images[b].pixel_begin = images[b + 1].pixel_begin;
+  for (size_t b = 0; b < B; ++b)  // paint_kernel writes every pixel
+    out[b] = at::empty({inputs[b].height, inputs[b].width}, inputs[b].units.options().dtype(at::kByte));
+  const PaintTables tables = paint_tables(inputs, out);
+  const int64_t pixels = tables.pixels;
   if (pixels == 0) return out;
 
   // One packed upload: the units flag, zeroed areas, then the image and region tables.
-  const size_t R = regions.size();
+  const size_t R = tables.regions.size();
   const size_t flag_bytes = sizeof(unsigned long long), area_bytes = R * sizeof(unsigned long long);
   const size_t image_offset = flag_bytes + area_bytes, region_offset = image_offset + B * sizeof(PaintImage);
   const size_t bytes = region_offset + R * sizeof(PaintRegion);
@@ -243,22 +246,29 @@ std::vector<at::Tensor> paint_batch(const std::vector<PaintInputs>& inputs) {
   const unsigned long long none = ULLONG_MAX;
   std::memcpy(h, &none, flag_bytes);
   std::memset(h + flag_bytes, 0, area_bytes);
-  std::memcpy(h + image_offset, images.data(), B * sizeof(PaintImage));
-  if (R) std::memcpy(h + region_offset, regions.data(), R * sizeof(PaintRegion));
+  std::memcpy(h + image_offset, tables.images.data(), B * sizeof(PaintImage));
+  if (R) std::memcpy(h + region_offset, tables.regions.data(), R * sizeof(PaintRegion));
   const at::Tensor packed = host.to(device, at::kByte, /*non_blocking=*/true, /*copy=*/false);
   const at::Tensor rank = at::empty({static_cast<int64_t>(std::max<size_t>(R, 1))}, packed.options().dtype(at::kLong));
   uint8_t* d = static_cast<uint8_t*>(packed.data_ptr());
-  PaintBatch t{reinterpret_cast<const PaintImage*>(d + image_offset), static_cast<int>(B),
-               reinterpret_cast<const PaintRegion*>(d + region_offset), reinterpret_cast<unsigned long long*>(d + flag_bytes),
-               rank.data_ptr<int64_t>(), reinterpret_cast<unsigned long long*>(d), static_cast<int32_t>(inputs[0].unassigned)};
+  PaintBatch t;
+  t.images = reinterpret_cast<const PaintImage*>(d + image_offset);
+  t.num_images = static_cast<int>(B);
+  t.regions = reinterpret_cast<const PaintRegion*>(d + region_offset);
+  t.area = reinterpret_cast<unsigned long long*>(d + flag_bytes);
+  t.rank = rank.data_ptr<int64_t>();
+  t.bad_unit_image = reinterpret_cast<unsigned long long*>(d);
+  t.unassigned = static_cast<int32_t>(inputs[0].unassigned);
+
   const auto stream = at::cuda::getCurrentCUDAStream();
-  region_area_kernel<<<blocks_for(pixels), kThreads, 0, stream>>>(t, pixels);
+  region_area_kernel<<<blocks_for(pixels, kThreads), kThreads, 0, stream>>>(t, pixels);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (R) {
-    region_rank_kernel<<<blocks_for(static_cast<int64_t>(R)), kThreads, 0, stream>>>(t, static_cast<int64_t>(R));
+    region_rank_kernel<<<blocks_for(static_cast<int64_t>(R), kThreads), kThreads, 0, stream>>>(t,
+                                                                                               static_cast<int64_t>(R));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  paint_kernel<<<blocks_for(pixels), kThreads, 0, stream>>>(t, pixels);
+  paint_kernel<<<blocks_for(pixels, kThreads), kThreads, 0, stream>>>(t, pixels);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // The one synchronisation: was every unit id inside its members' width?
   const at::Tensor flag = packed.narrow(0, 0, static_cast<int64_t>(flag_bytes)).cpu();
@@ -269,7 +279,7 @@ std::vector<at::Tensor> paint_batch(const std::vector<PaintInputs>& inputs) {
 }
 
 at::Tensor paint_labels_cuda(const at::Tensor& units, const at::Tensor& members, const at::Tensor& chosen,
-                             const at::Tensor& labels, const c10::optional<at::Tensor>& boxes, bool clip,
+                             const at::Tensor& labels, const std::optional<at::Tensor>& boxes, bool clip,
                              int64_t unassigned) {
   std::vector<PaintInputs> inputs{prepare_paint_inputs(units, members, chosen, labels, boxes, clip, unassigned, "")};
   const at::cuda::CUDAGuard guard(units.device());
