@@ -39,7 +39,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from boxsup_ext.core import IGNORE_LABEL, box_masks, paint_instances, unpack_masks
+from boxsup_ext.core import IGNORE_LABEL, Candidates, box_masks, paint_instances
 from boxsup_ext.data import TrainingSet, load_label_png, open_training_set, voc_palette
 from boxsup_ext.data.palette import encode_label_png
 from boxsup_ext.run_dir import RunDir, choice_epochs, open_run, snapshot_epochs
@@ -191,17 +191,17 @@ def list_images(labels: LabelSet, training: TrainingSet) -> list[ExportImage]:
     return images
 
 
-def instance_masks(units: np.ndarray, members: np.ndarray, chosen: Sequence[int], boxes: np.ndarray, clip: bool) -> np.ndarray:
-    """bool [M, H, W]: box m's chosen candidate (rows of ``members`` over ``units``), clipped to its
-    box when ``clip`` (as the relabel step paints it); all False for a box with ``chosen`` -1."""
+def instance_masks(candidates: Candidates, chosen: Sequence[int], boxes: np.ndarray, clip: bool) -> np.ndarray:
+    """bool [M, H, W]: box m's chosen candidate, clipped to its box when ``clip`` (as the relabel
+    step paints it); all False for a box with ``chosen`` -1."""
     chosen = np.asarray(chosen, dtype=np.int64)
-    height, width = units.shape
+    height, width = candidates.units.shape
     masks = np.zeros((len(chosen), height, width), dtype=bool)
     assigned = np.flatnonzero(chosen >= 0)
     if assigned.size:
-        if int(chosen[assigned].max()) >= members.shape[0]:
-            raise ValueError(f"candidate {int(chosen[assigned].max())} chosen, the store has {members.shape[0]}")
-        masks[assigned] = unpack_masks(units, members, chosen[assigned])
+        if int(chosen[assigned].max()) >= candidates.num_candidates:
+            raise ValueError(f"candidate {int(chosen[assigned].max())} chosen, the store has {candidates.num_candidates}")
+        masks[assigned] = candidates.masks(chosen[assigned])
         if clip:
             masks[assigned] &= box_masks(boxes[assigned], height, width)
     return masks
@@ -309,7 +309,7 @@ def write_coco(
             entry = stores[image.source].get(image.image_id)
             where = f"{stores[image.source].path} entry of {image.image_id!r}"
             try:
-                masks = instance_masks(entry.units, entry.members, chosen, record.boxes, clip)
+                masks = instance_masks(entry.candidates, chosen, record.boxes, clip)
             except ValueError as err:
                 raise InputError(f"{where} does not fit the choices of epoch {labels.epoch} ({err}); was the store rebuilt after training?") from None
             _check_painted(image, masks, np.asarray(chosen) >= 0, where, labels)

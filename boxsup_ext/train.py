@@ -434,7 +434,7 @@ def _relabel_input(datasets: Sequence[Any], stores: dict[int, Any], image: Train
     dataset = datasets[image.source]
     record = dataset[image.index]
     entry = stores[image.source].get(image.image_id)  # checked against the image (size, provenance) by the store
-    return RelabelInput(image.image_id, dataset.load_image(image.index), entry.units, entry.members, record.boxes, record.labels,
+    return RelabelInput(image.image_id, dataset.load_image(image.index), entry.candidates, record.boxes, record.labels,
                         None if previous is None else np.asarray(previous, dtype=np.int64))
 
 
