@@ -245,7 +245,7 @@ def mmseg_config(out: Path, class_names: Sequence[str], img_suffix: str, labels:
 # ({labels.where}, epoch {labels.epoch}), written by python -m boxsup_ext.export. List this file in a config's
 # _base_ beside a model, a schedule and a runtime (not a dataset base), set the heads' num_classes = {len(class_names)}
 # and the data preprocessor's size = crop_size, and add your validation data.
-# Labels are class indices with 0 = background and 255 = ignore: reduce_zero_label=False, ignore_index=255.
+# Labels are class indices with 0 = background and {IGNORE_LABEL} = ignore: reduce_zero_label=False, ignore_index={IGNORE_LABEL}.
 dataset_type = 'BaseSegDataset'
 data_root = {root!r}
 classes = {tuple(class_names)!r}
@@ -270,7 +270,7 @@ train_dataset = dict(
     img_suffix={img_suffix!r},
     seg_map_suffix='.png',
     reduce_zero_label=False,
-    ignore_index=255,
+    ignore_index={IGNORE_LABEL},
     pipeline=train_pipeline,
 )
 train_dataloader = dict(
@@ -280,7 +280,7 @@ train_dataloader = dict(
 # mmsegmentation 0.x instead:
 # data = dict(train=dict(type='CustomDataset', data_root=data_root, img_dir='img_dir/{SPLIT}', ann_dir='ann_dir/{SPLIT}',
 #                        split='splits/{SPLIT}.txt', classes=classes, palette=palette, img_suffix={img_suffix!r},
-#                        seg_map_suffix='.png', reduce_zero_label=False, ignore_index=255, pipeline=train_pipeline))
+#                        seg_map_suffix='.png', reduce_zero_label=False, ignore_index={IGNORE_LABEL}, pipeline=train_pipeline))
 '''
 
 
