@@ -112,7 +112,7 @@ def _checkpoint_label_state(run: RunDir) -> dict:
     memory-mapped, not read."""
     if not run.latest.is_file():
         return {}
-    from boxsup_ext.models import load_checkpoint_file
+    from boxsup_ext.checkpoints import load_checkpoint_file
 
     checkpoint = load_checkpoint_file(run.latest, mmap=True)
     state = checkpoint.get("label_state") if isinstance(checkpoint, dict) else None

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from boxsup_ext.checkpoints import save_checkpoint
 from boxsup_ext.config import RELABELED_MODES, Config, config_to_dict, dump_config, load_config, save_config
 from boxsup_ext.data import TrainImage, TrainingSet, open_source, open_training_set, save_label_png
 from boxsup_ext.core import IGNORE_LABEL
@@ -52,7 +53,6 @@ from boxsup_ext.training.state import (
     checkpoint_to_resume,
     model_digest,
     restore_rng,
-    save_checkpoint,
     write_run_identity,
 )
 from boxsup_ext.utils import InputError, atomic_write_bytes, atomic_write_json, ensure_output_dir, run_cli
