@@ -142,15 +142,6 @@ def cheapest(cost: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return order, torch.isfinite(values).sum(dim=1)  # +inf sorts last, so finite ones lead
 
 
-def sample_topk(cost: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """For each box (column of ``cost`` [N, M]) draw uniformly among its ``k`` cheapest finite
-    candidates (fewer when fewer are finite). Returns int64 [M], -1 for a box with none."""
-    n, m = cost.shape
-    if n == 0 or m == 0:
-        return torch.full((m,), -1, dtype=torch.int64)
-    return draw_among(*cheapest(cost, k), k, generator)
-
-
 def draw_among(order: torch.Tensor, counts: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """One candidate per box drawn uniformly among its first ``k`` of ``order`` [M, K >= k] (the
     ranking of :func:`cheapest`, whose ``counts`` [M] finite ones lead); -1 for a box with none."""

@@ -12,9 +12,10 @@ from boxsup_ext.relabel import (
     RelabelInput,
     RelabelSettings,
     assignment_cost,
+    cheapest,
+    draw_among,
     image_generator,
     relabel_batch,
-    sample_topk,
 )
 
 
@@ -50,6 +51,11 @@ def test_cost_formula_and_empty_candidates():
     # box 0 matches candidate 1 exactly, box 1 candidate 0
     assert cost[1, 0] - 3 * costs.mean_ce[1, 0] == pytest.approx(0.0)
     assert cost[0, 1] - 3 * costs.mean_ce[0, 1] == pytest.approx(0.0)
+
+
+def sample_topk(cost: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """What relabel_batch draws for each box: uniformly among its ``k`` cheapest finite candidates."""
+    return draw_among(*cheapest(cost, k), k, generator)
 
 
 def test_sample_topk_greedy_and_uniform():
