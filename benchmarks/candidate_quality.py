@@ -322,7 +322,7 @@ def label_quality(dataset, store, settings, model, seed: int = 0) -> dict:
         inputs = []
         for i in indices:
             record, entry = dataset[i], store.get(dataset[i].image_id)
-            inputs.append(RelabelInput(record.image_id, dataset.load_image(i), entry.units, entry.members, record.boxes, record.labels))
+            inputs.append(RelabelInput(record.image_id, dataset.load_image(i), entry.candidates, record.boxes, record.labels))
         start = time.perf_counter()
         results = relabel_batch(model, inputs, settings, seed, 1, torch.device("cpu"))
         seconds += time.perf_counter() - start

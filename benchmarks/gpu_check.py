@@ -402,6 +402,7 @@ def check_bench(device: str, quick: bool) -> dict:
 
 
 def check_end_to_end(device: str, quick: bool) -> dict:
+    from boxsup_ext.core import Candidates
     from boxsup_ext.models import build_model
     from boxsup_ext.relabel import RelabelInput, RelabelSettings, relabel_batch
 
@@ -440,7 +441,7 @@ def check_end_to_end(device: str, quick: bool) -> dict:
     for i in range(relabel_images):
         args = random_case(g, size, size, 300 if quick else 2000, 3, 21, torch.float32, False, False, num_units=800)
         image = torch.randint(0, 255, (size, size, 3), dtype=torch.uint8, generator=g).numpy()
-        items.append(RelabelInput(f"im{i}", image, args[0].numpy(), args[1].numpy(),
+        items.append(RelabelInput(f"im{i}", image, Candidates(args[0].numpy(), args[1].numpy()),
                                   args[3].clamp(0, size).numpy(), (args[4].clamp(min=1)).numpy()))
     settings = RelabelSettings(lam=3.0, topk=5)
     relabel_batch(model, items[:2], settings, 0, 0, torch.device(device))

@@ -232,14 +232,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 
 def _build(cls: type, values: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = _field_names(cls)
     kwargs = {}
     for key, value in values.items():
         full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in hints:
-            raise InputError(f"unknown config key {full!r}; valid keys here: {', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], full)
+        kwargs[key] = _coerce(value, _field_hint(cls, key, full), full)
     return cls(**kwargs)
 
 
@@ -293,12 +289,9 @@ def _check_keys(cls: type, values: Any, prefix: str = "") -> None:
     """Every key of the nested dict ``values`` names a field of ``cls`` (recursively)."""
     if not isinstance(values, dict):
         return  # a section that is not a mapping is reported with its type when the Config is built
-    hints = typing.get_type_hints(cls)
     for key, value in values.items():
         full = f"{prefix}.{key}" if prefix else str(key)
-        if key not in hints:
-            raise InputError(f"unknown config key {full!r}; valid keys here: {', '.join(_field_names(cls))}")
-        hint = hints[key]
+        hint = _field_hint(cls, key, full)
         if dataclasses.is_dataclass(hint):
             _check_keys(hint, value, full)
         elif typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]) and isinstance(value, list):
@@ -306,8 +299,15 @@ def _check_keys(cls: type, values: Any, prefix: str = "") -> None:
                 _check_keys(typing.get_args(hint)[0], item, f"{full}.{index}")
 
 
-def _field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
+def _field_hint(section: type, key: Any, full: str, source: str = "") -> Any:
+    """The type hint of field ``key`` of the config dataclass ``section``. A key that is not one
+    of its fields is an InputError naming the dotted key ``full`` (from ``source``, e.g.
+    " in --set") and the valid keys of that section."""
+    hints = typing.get_type_hints(section)
+    if key not in hints:
+        valid = ", ".join(f.name for f in dataclasses.fields(section))
+        raise InputError(f"unknown config key {full!r}{source}; valid keys here: {valid}")
+    return hints[key]
 
 
 def apply_override(values: dict, item: str) -> None:
@@ -342,14 +342,11 @@ def set_config_key(values: dict, key: str, value: Any) -> None:
             if index >= len(node):
                 raise InputError(f"--set {key}: index {index} is out of range (the list has {len(node)} items)")
         elif isinstance(node, dict) and dataclasses.is_dataclass(hint):
-            hints = typing.get_type_hints(hint)
-            if part not in hints:
-                where = ".".join(parts[: depth + 1])
-                raise InputError(f"unknown config key {where!r} in --set; valid keys here: {', '.join(_field_names(hint))}")
+            section, hint = hint, _field_hint(hint, part, ".".join(parts[: depth + 1]), " in --set")
             if part not in node and not last:
-                default = getattr(hint(), part)
+                default = getattr(section(), part)
                 node[part] = {} if dataclasses.is_dataclass(default) else _plain(default)
-            index, hint = part, hints[part]
+            index = part
         else:
             raise InputError(f"--set {key}: {'.'.join(parts[:depth])} is not a section")
         if last:

@@ -39,7 +39,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from boxsup_ext.core import IGNORE_LABEL, box_masks, paint_instances, unpack_masks
+from boxsup_ext.core import IGNORE_LABEL, Candidates, box_masks, paint_instances
 from boxsup_ext.data import TrainingSet, load_label_png, open_training_set, voc_palette
 from boxsup_ext.data.palette import encode_label_png
 from boxsup_ext.run_dir import RunDir, choice_epochs, open_run, snapshot_epochs
@@ -112,7 +112,7 @@ def _checkpoint_label_state(run: RunDir) -> dict:
     memory-mapped, not read."""
     if not run.latest.is_file():
         return {}
-    from boxsup_ext.models import load_checkpoint_file
+    from boxsup_ext.checkpoints import load_checkpoint_file
 
     checkpoint = load_checkpoint_file(run.latest, mmap=True)
     state = checkpoint.get("label_state") if isinstance(checkpoint, dict) else None
@@ -191,17 +191,17 @@ def list_images(labels: LabelSet, training: TrainingSet) -> list[ExportImage]:
     return images
 
 
-def instance_masks(units: np.ndarray, members: np.ndarray, chosen: Sequence[int], boxes: np.ndarray, clip: bool) -> np.ndarray:
-    """bool [M, H, W]: box m's chosen candidate (rows of ``members`` over ``units``), clipped to its
-    box when ``clip`` (as the relabel step paints it); all False for a box with ``chosen`` -1."""
+def instance_masks(candidates: Candidates, chosen: Sequence[int], boxes: np.ndarray, clip: bool) -> np.ndarray:
+    """bool [M, H, W]: box m's chosen candidate, clipped to its box when ``clip`` (as the relabel
+    step paints it); all False for a box with ``chosen`` -1."""
     chosen = np.asarray(chosen, dtype=np.int64)
-    height, width = units.shape
+    height, width = candidates.units.shape
     masks = np.zeros((len(chosen), height, width), dtype=bool)
     assigned = np.flatnonzero(chosen >= 0)
     if assigned.size:
-        if int(chosen[assigned].max()) >= members.shape[0]:
-            raise ValueError(f"candidate {int(chosen[assigned].max())} chosen, the store has {members.shape[0]}")
-        masks[assigned] = unpack_masks(units, members, chosen[assigned])
+        if int(chosen[assigned].max()) >= candidates.num_candidates:
+            raise ValueError(f"candidate {int(chosen[assigned].max())} chosen, the store has {candidates.num_candidates}")
+        masks[assigned] = candidates.masks(chosen[assigned])
         if clip:
             masks[assigned] &= box_masks(boxes[assigned], height, width)
     return masks
@@ -245,7 +245,7 @@ def mmseg_config(out: Path, class_names: Sequence[str], img_suffix: str, labels:
 # ({labels.where}, epoch {labels.epoch}), written by python -m boxsup_ext.export. List this file in a config's
 # _base_ beside a model, a schedule and a runtime (not a dataset base), set the heads' num_classes = {len(class_names)}
 # and the data preprocessor's size = crop_size, and add your validation data.
-# Labels are class indices with 0 = background and 255 = ignore: reduce_zero_label=False, ignore_index=255.
+# Labels are class indices with 0 = background and {IGNORE_LABEL} = ignore: reduce_zero_label=False, ignore_index={IGNORE_LABEL}.
 dataset_type = 'BaseSegDataset'
 data_root = {root!r}
 classes = {tuple(class_names)!r}
@@ -270,7 +270,7 @@ train_dataset = dict(
     img_suffix={img_suffix!r},
     seg_map_suffix='.png',
     reduce_zero_label=False,
-    ignore_index=255,
+    ignore_index={IGNORE_LABEL},
     pipeline=train_pipeline,
 )
 train_dataloader = dict(
@@ -280,7 +280,7 @@ train_dataloader = dict(
 # mmsegmentation 0.x instead:
 # data = dict(train=dict(type='CustomDataset', data_root=data_root, img_dir='img_dir/{SPLIT}', ann_dir='ann_dir/{SPLIT}',
 #                        split='splits/{SPLIT}.txt', classes=classes, palette=palette, img_suffix={img_suffix!r},
-#                        seg_map_suffix='.png', reduce_zero_label=False, ignore_index=255, pipeline=train_pipeline))
+#                        seg_map_suffix='.png', reduce_zero_label=False, ignore_index={IGNORE_LABEL}, pipeline=train_pipeline))
 '''
 
 
@@ -309,7 +309,7 @@ def write_coco(
             entry = stores[image.source].get(image.image_id)
             where = f"{stores[image.source].path} entry of {image.image_id!r}"
             try:
-                masks = instance_masks(entry.units, entry.members, chosen, record.boxes, clip)
+                masks = instance_masks(entry.candidates, chosen, record.boxes, clip)
             except ValueError as err:
                 raise InputError(f"{where} does not fit the choices of epoch {labels.epoch} ({err}); was the store rebuilt after training?") from None
             _check_painted(image, masks, np.asarray(chosen) >= 0, where, labels)

@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boxsup_ext.checkpoints import atomic_save_torch
 from boxsup_ext.data import synthetic
 from boxsup_ext.models import build_model, normalize_images
-from boxsup_ext.utils import InputError, atomic_save_torch, atomic_write_json, ensure_output_dir, run_cli
+from boxsup_ext.utils import InputError, atomic_write_json, ensure_output_dir, run_cli
 
 MODELS = ("tiny_fcn",)
 WEIGHT_DECAY = 1e-4

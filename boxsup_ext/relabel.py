@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from boxsup_ext.config import RELABELED_MODES
-from boxsup_ext.core import IGNORE_LABEL, box_pixel_ranges, unit_count, unpack_rows  # the torch-free ground floor
+from boxsup_ext.core import IGNORE_LABEL, Candidates, box_pixel_ranges, unpack_rows  # the torch-free ground floor
 from boxsup_ext.models import normalize_images, predict_logits
 
 
@@ -88,15 +88,14 @@ def warmed_lam(lam: float, warmup_epochs: int, epoch: int) -> float:
 
 
 class RelabelInput(NamedTuple):
-    """One box-supervised image: ``image`` uint8 [H, W, 3] RGB; ``units`` int32/int64 [H, W];
-    ``members`` int64 [N, W64]; ``boxes`` float32 [M, 4] (x0, y0, x1, y1) pixels, half-open;
+    """One box-supervised image: ``image`` uint8 [H, W, 3] RGB; ``candidates`` its candidate
+    segments (:class:`boxsup_ext.core.Candidates`); ``boxes`` float32 [M, 4] (x0, y0, x1, y1) pixels, half-open;
     ``labels`` int64 [M] in [1, C); ``previous``: int64 [M], the candidate each box took in the
     previous relabel round (-1: none), or None (first round, or ``keep_margin`` off)."""
 
     image_id: str
     image: np.ndarray
-    units: np.ndarray
-    members: np.ndarray
+    candidates: Candidates
     boxes: np.ndarray
     labels: np.ndarray
     previous: Optional[np.ndarray] = None
@@ -143,15 +142,6 @@ def cheapest(cost: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return order, torch.isfinite(values).sum(dim=1)  # +inf sorts last, so finite ones lead
 
 
-def sample_topk(cost: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """For each box (column of ``cost`` [N, M]) draw uniformly among its ``k`` cheapest finite
-    candidates (fewer when fewer are finite). Returns int64 [M], -1 for a box with none."""
-    n, m = cost.shape
-    if n == 0 or m == 0:
-        return torch.full((m,), -1, dtype=torch.int64)
-    return draw_among(*cheapest(cost, k), k, generator)
-
-
 def draw_among(order: torch.Tensor, counts: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """One candidate per box drawn uniformly among its first ``k`` of ``order`` [M, K >= k] (the
     ranking of :func:`cheapest`, whose ``counts`` [M] finite ones lead); -1 for a box with none."""
@@ -183,7 +173,7 @@ def keep_previous(cost: torch.Tensor, chosen: torch.Tensor, previous: Optional[n
 
 
 def consensus_ignore(
-    label: np.ndarray, units: np.ndarray, members: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+    label: np.ndarray, candidates: Candidates, boxes: np.ndarray, labels: np.ndarray,
     order: torch.Tensor, counts: torch.Tensor, agreement: float,
 ) -> np.ndarray:
     """``label`` uint8 [H, W] with the uncertain pixels of each box set to ignore: inside box m (the
@@ -195,7 +185,7 @@ def consensus_ignore(
     (its pixels are ignore already)."""
     if agreement <= 0 or len(boxes) == 0:
         return label
-    num_units = unit_count(units)
+    units, num_units = candidates.units, candidates.num_units
     ranges = box_pixel_ranges(boxes, *label.shape)
     covered: list[Optional[np.ndarray]] = [None] * len(ranges)  # box m's vote share over its rectangle
     best: dict[int, np.ndarray] = {}  # class -> the best vote share of that class's boxes at each pixel
@@ -203,7 +193,7 @@ def consensus_ignore(
         count = int(counts[m])
         if count == 0 or col1 <= col0 or row1 <= row0:
             continue
-        votes = unpack_rows(members[order[m, :count].numpy()], num_units).mean(axis=0)  # [U] share covering
+        votes = unpack_rows(candidates.members[order[m, :count].numpy()], num_units).mean(axis=0)  # [U] share covering
         covered[m] = votes[units[row0:row1, col0:col1]]
         share = best.setdefault(int(labels[m]), np.zeros(label.shape))[row0:row1, col0:col1]
         np.maximum(share, covered[m], out=share)
@@ -238,14 +228,14 @@ def network_logits(model: nn.Module, batch: Sequence[RelabelInput], device: torc
     on_gpu = device.type == "cuda"
     groups: dict = {}
     for index, item in enumerate(batch):
-        key = (item.image.shape, tuple(item.units.shape)) if on_gpu else index
+        key = (item.image.shape, item.candidates.units.shape) if on_gpu else index
         groups.setdefault(key, []).append(index)
     out: list = [None] * len(batch)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else contextlib.nullcontext()
     for indices in groups.values():
         pixels = torch.from_numpy(np.stack([np.asarray(batch[i].image, dtype=np.uint8) for i in indices]))
         with autocast:
-            logits = predict_logits(model, normalize_images(pixels.to(device)), size=tuple(batch[indices[0]].units.shape))
+            logits = predict_logits(model, normalize_images(pixels.to(device)), size=tuple(batch[indices[0]].candidates.units.shape))
         for row, index in enumerate(indices):
             out[index] = logits[row]
     return out
@@ -274,8 +264,8 @@ def relabel_batch(
     for item, logits in zip(batch, all_logits):
         op_inputs.append(
             (
-                torch.from_numpy(np.ascontiguousarray(item.units)).to(device),
-                torch.from_numpy(np.ascontiguousarray(item.members)).to(device),
+                torch.from_numpy(item.candidates.units).to(device),
+                torch.from_numpy(item.candidates.members).to(device),
                 logits,
                 torch.from_numpy(np.ascontiguousarray(item.boxes, dtype=np.float32)).to(device),
                 torch.from_numpy(np.ascontiguousarray(item.labels, dtype=np.int64)).to(device),
@@ -305,7 +295,7 @@ def relabel_batch(
         label = label.cpu().numpy()
         if settings.agreement > 0:
             k = settings.consensus_k
-            label = consensus_ignore(label, item.units, item.members, item.boxes, item.labels, order[:, :k], counts.clamp(max=k),
+            label = consensus_ignore(label, item.candidates, item.boxes, item.labels, order[:, :k], counts.clamp(max=k),
                                      settings.agreement)
         results.append(
             RelabelResult(

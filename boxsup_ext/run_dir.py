@@ -131,27 +131,12 @@ def run_checkpoint(run: RunDir, kind: str = "final") -> tuple[Path, str]:
         return run.best, "best-on-val"
     if not run.latest.is_file():
         raise InputError(f"{run.latest} does not exist; has the run finished an epoch?")
-    finished = _checkpoint_finished(run.latest)
+    from boxsup_ext.checkpoints import checkpoint_finished  # torch, only when a checkpoint is read
+
+    finished = checkpoint_finished(run.latest)
     if finished is None:
         finished = run.summary_file.is_file()
     return run.latest, "final" if finished else "latest"
-
-
-def _checkpoint_finished(path: Path) -> Optional[bool]:
-    """Whether a trainer checkpoint is the end of its run (None when it does not say). Loaded with
-    ``weights_only=True`` (no code runs) and memory-mapped, so the weights are not read."""
-    from boxsup_ext.models import load_checkpoint_file
-
-    checkpoint = load_checkpoint_file(path, mmap=True)
-    if not isinstance(checkpoint, dict):
-        return None
-    config = checkpoint.get("config")
-    train = config.get("train") if isinstance(config, dict) else None
-    epochs = train.get("epochs") if isinstance(train, dict) else None
-    epoch = checkpoint.get("epoch")
-    if not isinstance(epochs, int) or not isinstance(epoch, int):
-        return None
-    return epoch >= epochs and not checkpoint.get("step", 0)
 
 
 def run_data_source(run: RunDir, which: str = "val") -> Any:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from boxsup_ext.checkpoints import save_checkpoint
 from boxsup_ext.config import RELABELED_MODES, Config, config_to_dict, dump_config, load_config, save_config
 from boxsup_ext.data import TrainImage, TrainingSet, open_source, open_training_set, save_label_png
 from boxsup_ext.core import IGNORE_LABEL
@@ -52,7 +53,6 @@ from boxsup_ext.training.state import (
     checkpoint_to_resume,
     model_digest,
     restore_rng,
-    save_checkpoint,
     write_run_identity,
 )
 from boxsup_ext.utils import InputError, atomic_write_bytes, atomic_write_json, ensure_output_dir, run_cli
@@ -434,7 +434,7 @@ def _relabel_input(datasets: Sequence[Any], stores: dict[int, Any], image: Train
     dataset = datasets[image.source]
     record = dataset[image.index]
     entry = stores[image.source].get(image.image_id)  # checked against the image (size, provenance) by the store
-    return RelabelInput(image.image_id, dataset.load_image(image.index), entry.units, entry.members, record.boxes, record.labels,
+    return RelabelInput(image.image_id, dataset.load_image(image.index), entry.candidates, record.boxes, record.labels,
                         None if previous is None else np.asarray(previous, dtype=np.int64))
 
 

@@ -58,7 +58,7 @@ def main() -> None:
     store = generate_proposals(dataset, "grid", args.out / "grid_store", progress=False, cell=args.cell, max_cells=4)
     entry = store.get(dataset[0].image_id)
     print(f"store {store.path}: method {store.method!r}, params {store.params}, {len(store)} entries; "
-          f"image {dataset[0].image_id}: {entry.num_candidates} candidates over {entry.num_units} units")
+          f"image {dataset[0].image_id}: {entry.candidates.num_candidates} candidates over {entry.candidates.num_units} units")
     again = open_store(store.path, dataset)  # what the trainer does: refuses a store of other images
     print(format_report(evaluate_store(dataset, again)))
 

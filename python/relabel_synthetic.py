@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from boxsup_ext.core import Candidates
 from boxsup_ext.data import open_dataset
 from boxsup_ext.data.synthetic import generate
 from boxsup_ext.evaluation.metrics import confusion_matrix, miou_from_confusion
@@ -49,7 +50,7 @@ def main() -> None:
     for i, record in enumerate(dataset):
         image = dataset.load_image(i)
         units, members, _scores = selective_search(image, record.boxes, ks=(25, 50, 100), min_size=10)
-        inputs.append(RelabelInput(record.image_id, image, units, members, record.boxes, record.labels))
+        inputs.append(RelabelInput(record.image_id, image, Candidates(units, members), record.boxes, record.labels))
         print(f"{record.image_id}: {len(record.boxes)} boxes, {members.shape[0]} candidates over "
               f"{int(units.max()) + 1} units")
 

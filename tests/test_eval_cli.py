@@ -11,9 +11,10 @@ import yaml
 from boxsup_ext import evaluate
 from boxsup_ext.data import load_label_png, open_dataset
 from boxsup_ext.data.synthetic import generate
+from boxsup_ext.checkpoints import atomic_save_torch
 from boxsup_ext.evaluation import evaluator
 from boxsup_ext.models import build_model, model_meta
-from boxsup_ext.utils import InputError, atomic_save_torch
+from boxsup_ext.utils import InputError
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from boxsup_ext.evaluation.evaluator import (
     LabelPredictor,
     format_results_table,
 )
-from boxsup_ext.evaluation.trimap import trimap_band
+from boxsup_ext.evaluation.trimap import trimap_bands
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -71,7 +71,7 @@ def test_trimap_boundary_and_interior_split_the_pixels():
     res = acc.results()
     trimap = res["trimap"]
     assert trimap["widths"] == [1, 3]
-    assert trimap["boundary_pixels"] == [int(trimap_band(gt, 1).sum()), int(trimap_band(gt, 3).sum())]
+    assert trimap["boundary_pixels"] == [int(band.sum()) for band in trimap_bands(gt, [1, 3])]
     assert acc.boundary[0].sum() + acc.interior[0].sum() == acc.total.sum()
     np.testing.assert_array_equal(acc.boundary[1] + acc.interior[1], acc.total)
     # The interior at width 3 is far from the boundary and entirely correct; the band is not.

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from boxsup_ext.evaluation.trimap import boundary_pixels, parse_widths, trimap_band, trimap_bands
+from boxsup_ext.evaluation.trimap import boundary_pixels, parse_widths, trimap_bands
 from boxsup_ext.utils import InputError
 
 
@@ -37,10 +37,10 @@ def test_square_object_band_by_hand():
     # touch it edge-wise (12 of them; diagonal corners do not touch).
     assert boundary[3:6, 3:6].sum() == 8 and not boundary[4, 4]
     assert boundary.sum() == 8 + 12
-    band1 = trimap_band(label, 1)
+    band0, band1 = trimap_bands(label, [0, 1])
     assert band1[4, 4] and band1[2, 2] and band1[1, 4]
     assert not band1[0, 4] and not band1[1, 1]
-    np.testing.assert_array_equal(trimap_band(label, 0), boundary)
+    np.testing.assert_array_equal(band0, boundary)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -59,7 +59,7 @@ def test_band_is_exactly_pixels_within_w(seed):
 
 
 def test_uniform_map_has_empty_band():
-    assert not trimap_band(np.full((4, 6), 7, np.uint8), 8).any()
+    assert not trimap_bands(np.full((4, 6), 7, np.uint8), [8]).any()
 
 
 def test_bad_inputs():

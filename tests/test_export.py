@@ -90,7 +90,7 @@ def check_coco(out, setup, labels_folder, choices, clip):
         assert Path(info["file_name"]) == Path(dataset.image_file(dataset.index_of(record.image_id))).resolve()
         entry = store.get(record.image_id)
         chosen = choices[record.image_id]
-        expected = instance_masks(entry.units, entry.members, chosen, record.boxes, clip)
+        expected = instance_masks(entry.candidates, chosen, record.boxes, clip)
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[info["id"]]))
         assigned = [m for m, c in enumerate(chosen) if c >= 0 and expected[m].any()]
         assert len(anns) == len(assigned)

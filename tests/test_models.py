@@ -12,8 +12,9 @@ from boxsup_ext.models import (
     model_meta,
     predict_logits,
 )
+from boxsup_ext.checkpoints import atomic_save_torch
 from boxsup_ext.models.vgg import VGG16_CONV_INDICES
-from boxsup_ext.utils import InputError, atomic_save_torch
+from boxsup_ext.utils import InputError
 
 _VGG_CHANNELS = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
                  (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]

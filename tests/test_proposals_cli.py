@@ -12,7 +12,6 @@ from boxsup_ext.data.synthetic import generate as generate_synthetic
 from boxsup_ext import core
 from boxsup_ext.proposals.__main__ import main, parse_params
 from boxsup_ext.proposals.evaluate import box_iou, candidate_boxes, mask_best_overlaps
-from boxsup_ext.proposals.store import ProposalEntry
 from boxsup_ext.utils import InputError, run_cli
 
 
@@ -95,15 +94,14 @@ def test_parse_params_reads_yaml_values():
 def test_overlaps_match_brute_force():
     rng = np.random.default_rng(4)
     h, w = 14, 19
-    candidates = rng.random((6, h, w)) < 0.3
-    candidates[5] = False  # an empty candidate
-    units, members = core.masks_to_units(candidates)
-    entry = ProposalEntry(units, members, np.ones(6, np.float32), h, w)
+    masks = rng.random((6, h, w)) < 0.3
+    masks[5] = False  # an empty candidate
+    candidates = core.Candidates(*core.masks_to_units(masks))
     truth = rng.random((3, h, w)) < 0.4
-    expected = [max((c & t).sum() / max((c | t).sum(), 1) for c in candidates) for t in truth]
-    np.testing.assert_allclose(mask_best_overlaps(entry, truth), expected)
-    boxes = candidate_boxes(entry)
-    for mask, box in zip(candidates, boxes):
+    expected = [max((c & t).sum() / max((c | t).sum(), 1) for c in masks) for t in truth]
+    np.testing.assert_allclose(mask_best_overlaps(candidates, truth), expected)
+    boxes = candidate_boxes(candidates)
+    for mask, box in zip(masks, boxes):
         if mask.any():
             ys, xs = np.nonzero(mask)
             np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])

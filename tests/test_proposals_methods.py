@@ -13,7 +13,6 @@ from boxsup_ext.proposals import get_method, register_method
 from boxsup_ext.proposals.evaluate import mask_best_overlaps
 from boxsup_ext.proposals.felzenszwalb import segment
 from boxsup_ext.proposals.registry import check_candidates
-from boxsup_ext.proposals.store import ProposalEntry
 from boxsup_ext.utils import InputError
 
 
@@ -34,8 +33,9 @@ def shapes_image(h: int = 72, w: int = 96, seed: int = 0):
     return np.clip(image, 0, 255).astype(np.uint8), masks
 
 
-def entry_of(units, members, scores) -> ProposalEntry:
-    return ProposalEntry(units, members, scores, units.shape[0], units.shape[1])
+def candidates_of(units, members, scores) -> core.Candidates:
+    """The candidates of a method's output (its scores unused)."""
+    return core.Candidates(units, members)
 
 
 # --- Felzenszwalb ------------------------------------------------------------------------------
@@ -81,7 +81,8 @@ def test_selective_search_output_form_and_quality():
     image, masks = shapes_image()
     units, members, scores = get_method("selective_search")(image, np.zeros((0, 4), np.float32))
     h, w = image.shape[:2]
-    units, members, scores = check_candidates(units, members, scores, h, w, "test")
+    candidates, scores = check_candidates(units, members, scores, h, w, "test")
+    units, members = candidates.units, candidates.members
     num_units = core.unit_count(units)
     assert members.shape[1] == core.num_words(num_units)
     assert 1 <= members.shape[0] <= 2000
@@ -90,7 +91,7 @@ def test_selective_search_output_form_and_quality():
     candidate_masks = core.unpack_masks(units, members)
     assert candidate_masks.reshape(len(members), -1).any(axis=1).all()  # no empty candidate
     assert candidate_masks.reshape(len(members), -1).all(axis=1).any()  # the hierarchy's root
-    best = mask_best_overlaps(entry_of(units, members, scores), masks)
+    best = mask_best_overlaps(candidates, masks)
     assert best.min() > 0.8, best
 
 
@@ -142,8 +143,8 @@ def test_grabcut_beats_the_rectangle_on_an_ellipse():
     image, masks = shapes_image(seed=3)
     ys, xs = np.nonzero(masks[0])
     box = np.array([[xs.min() - 2, ys.min() - 2, xs.max() + 3, ys.max() + 3]], np.float32)
-    cut = entry_of(*get_method("grabcut")(image, box, iterations=3))
-    rect = entry_of(*get_method("rectangles")(image, box))
+    cut = candidates_of(*get_method("grabcut")(image, box, iterations=3))
+    rect = candidates_of(*get_method("rectangles")(image, box))
     cut_iou = mask_best_overlaps(cut, masks[:1])[0]
     rect_iou = mask_best_overlaps(rect, masks[:1])[0]
     assert cut_iou > 0.85 and cut_iou > rect_iou + 0.1

@@ -79,19 +79,21 @@ def test_store_holds_valid_deterministic_candidates(setup, tiny_sam, sam_store, 
     total = 0
     for record in dataset:
         entry = store.get(record.image_id)
+        candidates = entry.candidates
         boxes = len(record.boxes)
-        assert 1 <= entry.num_candidates <= boxes * (3 + JITTER)  # 3 for the box, the best of each jittered one
-        masks = entry.masks()
-        assert masks.shape == (entry.num_candidates, record.height, record.width)
-        flat = masks.reshape(entry.num_candidates, -1)
+        assert 1 <= candidates.num_candidates <= boxes * (3 + JITTER)  # 3 for the box, the best of each jittered one
+        masks = candidates.masks()
+        assert masks.shape == (candidates.num_candidates, record.height, record.width)
+        flat = masks.reshape(candidates.num_candidates, -1)
         assert flat.any(axis=1).all()  # empty masks dropped
-        assert np.unique(flat, axis=0).shape[0] == entry.num_candidates  # repeats dropped
-        assert core.unit_count(entry.units) <= 2 ** entry.num_candidates  # the common refinement, no more
+        assert np.unique(flat, axis=0).shape[0] == candidates.num_candidates  # repeats dropped
+        assert candidates.num_units <= 2 ** candidates.num_candidates  # the common refinement, no more
         assert set(entry.provenance) == {"boxes", "image"}
         other = again.get(record.image_id)
-        for name in ("units", "members", "scores"):
-            np.testing.assert_array_equal(getattr(entry, name), getattr(other, name))
-        total += entry.num_candidates
+        np.testing.assert_array_equal(candidates.units, other.candidates.units)
+        np.testing.assert_array_equal(candidates.members, other.candidates.members)
+        np.testing.assert_array_equal(entry.scores, other.scores)
+        total += candidates.num_candidates
     assert total > 4
 
 

@@ -76,13 +76,13 @@ def test_entry_round_trip_keeps_every_array(tmp_path):
     scores = rng.random(9).astype(np.float32)
     write_entry(tmp_path / "e.npz", units, members, scores, seconds=1.25)
     entry = read_entry(tmp_path / "e.npz")
-    np.testing.assert_array_equal(entry.units, units)
-    assert entry.units.dtype == np.int32
-    np.testing.assert_array_equal(entry.members, members)
+    np.testing.assert_array_equal(entry.candidates.units, units)
+    assert entry.candidates.units.dtype == np.int32
+    np.testing.assert_array_equal(entry.candidates.members, members)
     np.testing.assert_array_equal(entry.scores, scores)
-    assert (entry.height, entry.width, entry.seconds) == (37, 51, 1.25)
-    assert entry.num_candidates == 9 and entry.num_units == int(units.max()) + 1
-    np.testing.assert_array_equal(entry.masks([2]), core.unpack_masks(units, members)[2:3])
+    assert entry.seconds == 1.25
+    assert entry.candidates.num_candidates == 9 and entry.candidates.num_units == int(units.max()) + 1
+    np.testing.assert_array_equal(entry.candidates.masks([2]), core.unpack_masks(units, members)[2:3])
     assert [p.name for p in tmp_path.iterdir()] == ["e.npz"]  # no temporary left behind
 
 
@@ -102,8 +102,8 @@ def test_generate_writes_manifest_and_entries(dataset, tmp_path, workers):
     assert len(store) == 3
     for index, record in enumerate(dataset):
         entry = store.get(record.image_id)
-        assert (entry.height, entry.width) == (record.height, record.width)
-        np.testing.assert_array_equal(entry.masks(), core.box_masks(record.boxes, record.height, record.width))
+        assert entry.candidates.units.shape == (record.height, record.width)
+        np.testing.assert_array_equal(entry.candidates.masks(), core.box_masks(record.boxes, record.height, record.width))
         assert entry.seconds >= 0
 
 
@@ -171,8 +171,7 @@ def test_proposal_eval_takes_an_entry_of_an_image_without_pixels():
     """An image of size 0 has no units and 0-word member rows (``core.masks_to_units``); the
     candidates' boxes are empty and their overlaps 0 (this raised on the old clamp to one unit)."""
     from boxsup_ext.proposals.evaluate import candidate_boxes, mask_best_overlaps
-    from boxsup_ext.proposals.store import ProposalEntry
 
-    entry = ProposalEntry(np.zeros((0, 5), np.int32), np.zeros((3, 0), np.int64), np.zeros(3, np.float32), 0, 5)
-    assert np.array_equal(candidate_boxes(entry), np.zeros((3, 4)))
-    assert np.array_equal(mask_best_overlaps(entry, np.zeros((2, 0, 5), bool)), np.zeros(2))
+    candidates = core.Candidates(np.zeros((0, 5), np.int32), np.zeros((3, 0), np.int64))
+    assert np.array_equal(candidate_boxes(candidates), np.zeros((3, 4)))
+    assert np.array_equal(mask_best_overlaps(candidates, np.zeros((2, 0, 5), bool)), np.zeros(2))

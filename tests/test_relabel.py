@@ -12,9 +12,10 @@ from boxsup_ext.relabel import (
     RelabelInput,
     RelabelSettings,
     assignment_cost,
+    cheapest,
+    draw_among,
     image_generator,
     relabel_batch,
-    sample_topk,
 )
 
 
@@ -50,6 +51,11 @@ def test_cost_formula_and_empty_candidates():
     # box 0 matches candidate 1 exactly, box 1 candidate 0
     assert cost[1, 0] - 3 * costs.mean_ce[1, 0] == pytest.approx(0.0)
     assert cost[0, 1] - 3 * costs.mean_ce[0, 1] == pytest.approx(0.0)
+
+
+def sample_topk(cost: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """What relabel_batch draws for each box: uniformly among its ``k`` cheapest finite candidates."""
+    return draw_among(*cheapest(cost, k), k, generator)
 
 
 def test_sample_topk_greedy_and_uniform():
@@ -112,7 +118,7 @@ def test_relabel_batch_matches_the_definition():
     image = rng.integers(0, 255, (*units.shape, 3), dtype=np.uint8)
     boxes = np.array([[2, 2, 8, 8], [0, 0, 10, 24], [5, 5, 6, 6]], np.float32)
     labels = np.array([1, 2, 1])
-    item = RelabelInput("im", image, units.numpy().astype(np.int32), members.numpy(), boxes, labels)
+    item = RelabelInput("im", image, core.Candidates(units.numpy(), members.numpy()), boxes, labels)
     settings = RelabelSettings(lam=3.0, topk=1, iou="box")
     (result,) = relabel_batch(model, [item], settings, seed=0, epoch=1, device=torch.device("cpu"))
     # recompute with the reference from the same logits
@@ -154,6 +160,7 @@ def test_consensus_ignores_the_pixels_the_cheapest_candidates_disagree_on():
     masks = np.zeros((4, 1, 8), bool)
     masks[0, 0, :4] = masks[1, 0, :6] = masks[2, 0, :2] = masks[3, 0, 6:] = True
     units, members = core.masks_to_units(masks)
+    candidates = core.Candidates(units, members)
     boxes = np.array([[0.0, 0.0, 7.0, 1.0]], np.float32)  # columns 0-6; column 7 is outside
     labels = np.array([2])
     painted = reference.paint_labels(torch.from_numpy(units), torch.from_numpy(members), torch.tensor([0]),
@@ -162,20 +169,20 @@ def test_consensus_ignores_the_pixels_the_cheapest_candidates_disagree_on():
     cost = torch.tensor([[0.1], [0.2], [0.3], [0.9]])
     order, counts = relabel_module.cheapest(cost, 3)  # candidates 0, 1, 2 vote
     assert order.tolist() == [[0, 1, 2]] and counts.tolist() == [3]
-    out = relabel_module.consensus_ignore(painted, units, members, boxes, labels, order, counts, agreement=2 / 3)
+    out = relabel_module.consensus_ignore(painted, candidates, boxes, labels, order, counts, agreement=2 / 3)
     # columns 0-1: 3 of 3 cover; 2-3: 2 of 3 cover (painted 2, agreement met); 4-5: 1 of 3 cover, so
     # 2 of 3 leave them out (painted 0, met); 6: none cover; 7: outside the box, untouched
     assert out.tolist() == painted.tolist()
-    strict = relabel_module.consensus_ignore(painted, units, members, boxes, labels, order, counts, agreement=0.9)
+    strict = relabel_module.consensus_ignore(painted, candidates, boxes, labels, order, counts, agreement=0.9)
     assert strict.tolist() == [[2, 2, IGNORE_LABEL, IGNORE_LABEL, IGNORE_LABEL, IGNORE_LABEL, 0, 0]]
     # fewer finite candidates than k: only the finite ones vote; off (0) returns the labels unchanged
     finite_only = torch.tensor([[0.1], [float("inf")], [float("inf")], [0.9]])
     order, counts = relabel_module.cheapest(finite_only, 3)
     assert counts.tolist() == [2]
-    two = relabel_module.consensus_ignore(painted, units, members, boxes, labels, order, counts, agreement=0.9)
+    two = relabel_module.consensus_ignore(painted, candidates, boxes, labels, order, counts, agreement=0.9)
     # candidates 0 and 3 vote: each covered pixel has one vote of two
     assert two.tolist() == [[IGNORE_LABEL] * 4 + [0, 0, IGNORE_LABEL, 0]]
-    assert relabel_module.consensus_ignore(painted, units, members, boxes, labels, order, counts, 0.0) is painted
+    assert relabel_module.consensus_ignore(painted, candidates, boxes, labels, order, counts, 0.0) is painted
 
 
 def test_keep_previous_keeps_a_choice_unless_the_new_one_is_cheaper_by_the_margin():
@@ -215,7 +222,7 @@ def test_relabel_batch_applies_consensus_and_keeps_previous_choices():
     units, members = make_candidates()
     image = np.random.default_rng(1).integers(0, 255, (*units.shape, 3), dtype=np.uint8)
     boxes = np.array([[0, 0, 12, 24]], np.float32)
-    item = RelabelInput("im", image, units.numpy().astype(np.int32), members.numpy(), boxes, np.array([1]))
+    item = RelabelInput("im", image, core.Candidates(units.numpy(), members.numpy()), boxes, np.array([1]))
     cpu = torch.device("cpu")
     plain = relabel_batch(model, [item], RelabelSettings(lam=0.0, topk=3), 0, 1, cpu)[0]
     voted = relabel_batch(model, [item], RelabelSettings(lam=0.0, topk=3, agreement=1.0, consensus_k=3), 0, 1, cpu)[0]
@@ -234,14 +241,14 @@ def test_consensus_judges_a_pixel_by_the_boxes_of_its_own_class():
     # the class by B's segment: box 0's candidates do not cover it, box 1's do, so it is certain.
     masks = np.zeros((2, 1, 10), bool)
     masks[0, 0, :6] = masks[1, 0, 5:] = True
-    units, members = core.masks_to_units(masks)
+    candidates = core.Candidates(*core.masks_to_units(masks))
     boxes = np.array([[0.0, 0.0, 6.0, 1.0], [4.0, 0.0, 10.0, 1.0]], np.float32)
     labels = np.array([3, 3])
     painted = np.full((1, 10), 3, np.uint8)
     order, counts = torch.tensor([[0], [1]]), torch.tensor([1, 1])
-    out = relabel_module.consensus_ignore(painted, units, members, boxes, labels, order, counts, agreement=1.0)
+    out = relabel_module.consensus_ignore(painted, candidates, boxes, labels, order, counts, agreement=1.0)
     assert out.tolist() == painted.tolist()
     # a pixel painted with another class inside box 0 that box 0's candidates cover stays uncertain
     other = painted.copy()
     other[0, 2] = 1
-    assert relabel_module.consensus_ignore(other, units, members, boxes, labels, order, counts, 1.0)[0, 2] == IGNORE_LABEL
+    assert relabel_module.consensus_ignore(other, candidates, boxes, labels, order, counts, 1.0)[0, 2] == IGNORE_LABEL

@@ -73,7 +73,7 @@ def test_box_method_store_is_stale_after_boxes_move_and_generate_rebuilds_only_t
     assert after["b.npz"] == stamps["b.npz"] and after["c.npz"] == stamps["c.npz"] and after["a.npz"] != stamps["a.npz"]
     entry = open_store(store_dir, dataset).get("a")
     record = dataset[dataset.index_of("a")]
-    np.testing.assert_array_equal(entry.masks(), core.box_masks(record.boxes, record.height, record.width))
+    np.testing.assert_array_equal(entry.candidates.masks(), core.box_masks(record.boxes, record.height, record.width))
 
 
 def test_pixel_method_store_is_stale_after_the_image_file_changes(voc, tmp_path):
@@ -93,7 +93,7 @@ def test_box_independent_method_is_not_stale_when_only_boxes_move(voc, tmp_path)
     assert json.loads((store_dir / "manifest.json").read_text())["depends_on"] == ["image"]
     move_box_of_a(voc)
     store = open_store(store_dir, open_dataset(voc, "trainval"))
-    assert store.get("a").num_candidates > 0  # selective search never looked at the boxes
+    assert store.get("a").candidates.num_candidates > 0  # selective search never looked at the boxes
 
 
 def test_version_1_store_is_refused_for_reading_and_rebuilt_by_generate(voc, tmp_path):
@@ -104,7 +104,7 @@ def test_version_1_store_is_refused_for_reading_and_rebuilt_by_generate(voc, tmp
     manifest["format_version"] = 1  # as written before entries carried provenance
     (store_dir / "manifest.json").write_text(json.dumps(manifest))
     entry = read_entry(store_dir / "entries" / "a.npz")
-    write_entry(store_dir / "entries" / "a.npz", entry.units, entry.members, entry.scores)  # no provenance
+    write_entry(store_dir / "entries" / "a.npz", entry.candidates.units, entry.candidates.members, entry.scores)  # no provenance
     with pytest.raises(InputError, match="format version 1, this code reads 2; rerun .*generate"):
         open_store(store_dir, dataset)
     generate_proposals(dataset, "rectangles", store_dir, progress=False)
@@ -210,7 +210,7 @@ def test_inconsistent_entries_are_refused_naming_the_file(tmp_path, case):
 
 def test_consistent_raw_entry_reads(tmp_path):
     entry = read_entry(raw_entry(tmp_path / "img.npz"))
-    assert entry.units.dtype == np.int32 and entry.num_units == 65 and entry.masks().shape == (3, 4, 5)
+    assert entry.candidates.units.dtype == np.int32 and entry.candidates.num_units == 65 and entry.candidates.masks().shape == (3, 4, 5)
 
 
 def test_entry_missing_an_array_is_damaged(tmp_path):
@@ -381,4 +381,4 @@ def test_generate_rebuilds_a_damaged_entry_and_a_stale_one_after_reading_once(vo
     (store_dir / "entries" / "c.npz").write_bytes(b"garbage")
     generate_proposals(open_dataset(voc, "trainval"), "rectangles", store_dir, progress=False)
     fresh = open_store(store_dir, open_dataset(voc, "trainval"))
-    assert [fresh.get(i).num_candidates for i in ("a", "b", "c")] == [2, 1, 1]
+    assert [fresh.get(i).candidates.num_candidates for i in ("a", "b", "c")] == [2, 1, 1]

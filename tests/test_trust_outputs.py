@@ -19,6 +19,7 @@ import torch
 import yaml
 from PIL import Image
 
+from boxsup_ext.checkpoints import atomic_save_torch
 from boxsup_ext import evaluate, figures, predict
 from boxsup_ext.data import load_label_png, open_dataset, save_label_png
 from boxsup_ext.data.synthetic import generate
@@ -27,7 +28,6 @@ from boxsup_ext.proposals.__main__ import main as proposals_main
 from boxsup_ext.utils import (
     InputError,
     OutputManifest,
-    atomic_save_torch,
     atomic_write_bytes,
     atomic_write_json,
     ensure_output_dir,
@@ -524,7 +524,7 @@ def test_test_scales_that_cannot_run(tmp_path, workspace, capsys, scales, needle
 
 
 def test_checkpoint_loader_errors_name_the_cause(tmp_path, checkpoint):
-    from boxsup_ext.models import load_checkpoint_file
+    from boxsup_ext.checkpoints import load_checkpoint_file
 
     folder = tmp_path / "ckdir"
     folder.mkdir()
@@ -549,19 +549,19 @@ def test_checkpoint_loader_errors_name_the_cause(tmp_path, checkpoint):
 def test_checkpoint_loader_lets_unrelated_errors_through(tmp_path, checkpoint, monkeypatch):
     """Only torch's archive errors mean "incomplete file"; anything else (out of memory, a bug) is
     not dressed up as one."""
-    from boxsup_ext import models
+    from boxsup_ext import checkpoints
 
     for error in (MemoryError(), RuntimeError("CUDA error: out of memory")):
         def fail(*args, error=error, **kwargs):
             raise error
 
-        monkeypatch.setattr(models.torch, "load", fail)
+        monkeypatch.setattr(checkpoints.torch, "load", fail)
         with pytest.raises(type(error)):
-            models.load_checkpoint_file(checkpoint)
+            checkpoints.load_checkpoint_file(checkpoint)
 
 
 def test_checkpoint_loader_reads_bytes(checkpoint):
-    from boxsup_ext.models import load_checkpoint_file, read_model_checkpoint
+    from boxsup_ext.checkpoints import load_checkpoint_file, read_model_checkpoint
 
     data = Path(checkpoint).read_bytes()
     assert set(load_checkpoint_file(data)) == set(load_checkpoint_file(checkpoint))
@@ -573,7 +573,7 @@ def test_checkpoint_loader_reads_bytes(checkpoint):
 def test_save_checkpoint_errors_name_the_cause(tmp_path, monkeypatch):
     import errno
 
-    from boxsup_ext.training import state
+    from boxsup_ext import checkpoints
 
     target = tmp_path / "latest.pt"
     cases = {
@@ -585,9 +585,9 @@ def test_save_checkpoint_errors_name_the_cause(tmp_path, monkeypatch):
         def fail(*args, error=error, **kwargs):
             raise error
 
-        monkeypatch.setattr(state, "atomic_save_torch", fail)
+        monkeypatch.setattr(checkpoints, "atomic_save_torch", fail)
         with pytest.raises(InputError, match=message) as caught:
-            state.save_checkpoint(target, {"w": torch.zeros(1)})
+            checkpoints.save_checkpoint(target, {"w": torch.zeros(1)})
         if isinstance(error, PermissionError):
             assert "disk full" not in str(caught.value)
     # Errors that are not about writing the file are not dressed up as a full disk.
@@ -595,9 +595,9 @@ def test_save_checkpoint_errors_name_the_cause(tmp_path, monkeypatch):
         def fail(*args, error=error, **kwargs):
             raise error
 
-        monkeypatch.setattr(state, "atomic_save_torch", fail)
+        monkeypatch.setattr(checkpoints, "atomic_save_torch", fail)
         with pytest.raises(type(error)):
-            state.save_checkpoint(target, {"w": torch.zeros(1)})
+            checkpoints.save_checkpoint(target, {"w": torch.zeros(1)})
 
 
 # --------------------------------------------------------------------------- the hash is of the weights evaluated (5)

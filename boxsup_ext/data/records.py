@@ -26,9 +26,6 @@ from boxsup_ext.utils import InputError
 PathLike = Union[str, os.PathLike]
 logger = logging.getLogger("boxsup_ext.data")
 
-SUPERVISIONS = ("mask", "box")
-
-
 @dataclass(frozen=True)
 class ImageRecord:
     """One image's annotation.

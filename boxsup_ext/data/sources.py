@@ -44,13 +44,6 @@ class TrainingSet:
     def num_classes(self) -> int:
         return self.datasets[0].num_classes
 
-    def supervision_counts(self) -> dict[str, int]:
-        """Number of images per supervision, e.g. {"mask": 1464, "box": 9118}."""
-        counts: dict[str, int] = {}
-        for image in self.images:
-            counts[image.supervision] = counts.get(image.supervision, 0) + 1
-        return counts
-
     def fingerprints(self) -> list[str]:
         return [dataset.fingerprint() for dataset in self.datasets]
 

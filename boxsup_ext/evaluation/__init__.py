@@ -3,7 +3,7 @@ multi-scale/flip averaging and trimaps."""
 
 from boxsup_ext.evaluation.crf import CRFParams, dense_crf, dense_crf_many
 from boxsup_ext.evaluation.multiscale import PAPER_SCALES, multiscale_logits, parse_scales
-from boxsup_ext.evaluation.trimap import boundary_pixels, parse_widths, trimap_band, trimap_bands
+from boxsup_ext.evaluation.trimap import boundary_pixels, parse_widths, trimap_bands
 
 __all__ = [
     "CRFParams",
@@ -14,6 +14,5 @@ __all__ = [
     "parse_scales",
     "boundary_pixels",
     "parse_widths",
-    "trimap_band",
     "trimap_bands",
 ]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from boxsup_ext.core import IGNORE_LABEL
+from boxsup_ext.devices import default_device, resolve_device
 from boxsup_ext.evaluation.crf import CRFParams, dense_crf_many
 from boxsup_ext.evaluation.multiscale import multiscale_logits
 from boxsup_ext.evaluation.trimap import trimap_bands
@@ -52,11 +53,6 @@ class InferenceSettings:
             "flip": self.flip,
             "crf": dataclasses.asdict(self.crf) if self.crf is not None else None,
         }
-
-
-def default_device() -> torch.device:
-    """``cuda`` when a GPU is visible, else ``cpu``."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class LabelPredictor:
@@ -376,38 +372,11 @@ def settings_from_args(args: Any) -> InferenceSettings:
     )
 
 
-def resolve_device(device: Optional[str], what: str = "--device") -> torch.device:
-    """The torch device a ``--device`` value names (None: cuda when a GPU is visible, else cpu),
-    after checking this machine has it, so that a missing GPU is reported as such rather than as a
-    failure of whatever first touches the device (loading a checkpoint onto it, say)."""
-    if not device:
-        return default_device()
-    try:
-        target = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"{what} {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if target.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"{what} {device}: CUDA requested but not available on this machine; use {what} cpu")
-        count = torch.cuda.device_count()
-        if target.index is not None and target.index >= count:
-            raise InputError(f"{what} {device}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1}); pick one of them")
-    elif target.type == "meta":
-        raise InputError(f"{what} meta holds no data and cannot run a model; use {what} cpu or cuda")
-    elif target.type != "cpu":
-        try:
-            torch.empty(0, device=target)
-        except Exception as err:  # noqa: BLE001 - only the allocation runs here: any failure means the device is unusable
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-            raise InputError(f"{what} {device} is not available on this machine ({reason}); use {what} cpu") from None
-    return target
-
-
 def load_predictor(
     checkpoint: Path | bytes, settings: InferenceSettings, device: Optional[str] = None, name: Optional[str] = None
 ) -> tuple[LabelPredictor, dict[str, Any]]:
     """A :class:`LabelPredictor` for a trainer checkpoint, and the checkpoint's ``model_meta``.
-    ``device`` is a ``--device`` value (see :func:`resolve_device`). ``checkpoint`` may be the
+    ``device`` is a ``--device`` value (see :func:`boxsup_ext.devices.resolve_device`). ``checkpoint`` may be the
     file's bytes (``name``: the file, for messages), read once to be hashed and loaded."""
     from boxsup_ext.models import IMAGENET_MEAN, IMAGENET_STD, load_model_from_checkpoint
 

@@ -75,11 +75,6 @@ def trimap_bands(label: np.ndarray, widths: Sequence[float]) -> np.ndarray:
     return distance[None] <= np.asarray(widths)[:, None, None]
 
 
-def trimap_band(label: np.ndarray, width: float) -> np.ndarray:
-    """bool [H, W]: pixels within ``width`` pixels of a ground-truth boundary."""
-    return trimap_bands(label, [width])[0]
-
-
 def parse_widths(text: str) -> tuple[int, ...]:
     """Parse the ``--trimap`` argument ``"1,2,4,8"`` into non-negative integer widths (pixels)."""
     try:

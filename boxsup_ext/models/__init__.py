@@ -11,7 +11,6 @@ rate is scaled by ``train.classifier_lr_mult``, and ``replace_classifier(num_cla
 from __future__ import annotations
 
 import inspect
-import io
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -20,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# read_checkpoint_bytes is imported by boxsup_ext.evaluate from here; its home is boxsup_ext.checkpoints.
+from boxsup_ext.checkpoints import checkpoint_state_dict, read_checkpoint_bytes, read_model_checkpoint
 from boxsup_ext.models.resnet import (
     DeepLabV2,
     DeepLabV3Plus,
@@ -57,11 +58,9 @@ __all__ = [
     "TinyFCN",
     "VGG16LargeFOV",
     "build_model",
-    "checkpoint_state_dict",
     "convert_sync_batchnorm",
     "image_to_tensor",
     "init_from_checkpoint",
-    "load_checkpoint_file",
     "load_model_from_checkpoint",
     "load_resnet_imagenet",
     "load_vgg16_imagenet",
@@ -70,7 +69,6 @@ __all__ = [
     "normalize_images",
     "predict_logits",
     "read_checkpoint_bytes",
-    "read_model_checkpoint",
     "resnet101_deeplabv2",
     "resnet101_deeplabv3plus",
     "resnet50_deeplabv2",
@@ -179,7 +177,7 @@ def load_model_from_checkpoint(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved in a trainer checkpoint (``checkpoints/best.pt`` or ``latest.pt``).
 
-    ``path`` may be the checkpoint file's bytes (see :func:`read_checkpoint_bytes`; ``name`` then
+    ``path`` may be the checkpoint file's bytes (see :func:`boxsup_ext.checkpoints.read_checkpoint_bytes`; ``name`` then
     names the file in messages), so that a caller can hash exactly the weights it loads.
 
     Returns ``(model, meta)``: the model in eval mode on ``map_location`` with its weights loaded,
@@ -191,101 +189,6 @@ def load_model_from_checkpoint(
     model.load_state_dict(checkpoint_state_dict(checkpoint))
     model.to(map_location).eval()
     return model, meta
-
-
-def read_checkpoint_bytes(path: Union[str, Path]) -> bytes:
-    """The bytes of checkpoint file ``path``, read once: hash them and load them (``path=`` of
-    :func:`load_model_from_checkpoint` / :func:`load_checkpoint_file`) so the hash describes the
-    weights loaded even while a trainer replaces the file. Errors are one line naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist; give a run's checkpoints/best.pt or latest.pt")
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise InputError(f"cannot read checkpoint {path} ({err.strerror or err}); check the path and its permissions") from None
-
-
-def read_model_checkpoint(path: Union[str, Path, bytes], what: str = "checkpoint", name: Optional[str] = None) -> dict[str, Any]:
-    """A trainer checkpoint that holds a model (``model`` and ``model_meta``), read with
-    :func:`load_checkpoint_file`; ``what`` names the argument in the one-line errors. ``path`` may
-    be the file's bytes (read once, e.g. to hash and load the very same content), then ``name``
-    is the file it came from, for messages."""
-    if isinstance(path, (bytes, bytearray, memoryview)):
-        label: Any = name or "checkpoint bytes"
-    else:
-        path = label = Path(path)
-        if not path.is_file():
-            raise InputError(f"{what} {path} does not exist; give a trainer checkpoint (a run's checkpoints/best.pt or latest.pt)")
-    checkpoint = load_checkpoint_file(path, name=str(label))
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) or "model_meta" not in checkpoint:
-        raise InputError(f"{what} {label} lacks 'model'/'model_meta'; it was not written by boxsup_ext.train")
-    return checkpoint
-
-
-def checkpoint_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The model weights of a checkpoint, without a ``module.`` prefix (a wrapped model's keys)."""
-    return {key.removeprefix("module."): value for key, value in checkpoint["model"].items()}
-
-
-# Phrases of torch's zip archive reader/writer (caffe2 inline_container / miniz) errors: a file that
-# is cut short, not a torch archive, or damaged. Other RuntimeErrors are not about the file.
-_ARCHIVE_ERRORS = (
-    "inline_container",
-    "PytorchStreamReader",
-    "PytorchStreamWriter",
-    "failed finding central directory",
-    "not a ZIP archive",
-)
-
-
-def is_torch_archive_error(err: BaseException) -> bool:
-    """Whether ``err`` is torch's zip reader/writer reporting a damaged, short or non-archive file."""
-    return isinstance(err, RuntimeError) and any(phrase in str(err) for phrase in _ARCHIVE_ERRORS)
-
-
-def load_checkpoint_file(
-    path: Union[str, Path, bytes, io.BytesIO],
-    map_location: Any = "cpu",
-    mmap: bool = False,
-    name: Optional[str] = None,
-) -> Any:
-    """``torch.load`` with ``weights_only=True``: only tensors and plain types are rebuilt, so a
-    file that would run code (a pickle with ``__reduce__``) is refused. Errors are one line.
-
-    ``path`` is a file, or the bytes of one (``bytes`` or a ``BytesIO``: read once, so a hash of
-    the bytes describes exactly what was loaded); ``name`` names it in messages (default: the
-    path). ``mmap`` memory-maps a file instead of reading it (paths only).
-
-    Raises:
-        InputError: the file holds objects other than tensors and plain types; it cannot be read
-            (an ``OSError``: missing, a folder, no permission ... with the system's reason); or
-            torch's archive reader finds it empty, cut short or not a checkpoint. Any other error
-            (out of memory, a bug) propagates unchanged.
-    """
-    import pickle
-
-    if isinstance(path, (bytes, bytearray, memoryview)):
-        path = io.BytesIO(bytes(path))
-    label = name or (str(path) if not isinstance(path, io.IOBase) else "checkpoint bytes")
-    try:
-        extra = {"mmap": True} if mmap and not isinstance(path, io.IOBase) else {}
-        return torch.load(path, map_location=map_location, weights_only=True, **extra)
-    except pickle.UnpicklingError as err:
-        detail = str(err).split("Unsupported global: ", 1)[-1].split(" was not an allowed global")[0].splitlines()[0][:120]
-        raise InputError(
-            f"checkpoint {label} holds objects other than tensors and plain types ({detail}); refusing to load it "
-            "(loading a checkpoint never runs code); use a checkpoint written by boxsup_ext.train"
-        ) from None
-    except OSError as err:
-        raise InputError(f"cannot read checkpoint {label} ({err.strerror or err}); check the path and its permissions") from None
-    except EOFError:
-        raise InputError(f"checkpoint {label} is empty or cut short; is the file complete?") from None
-    except RuntimeError as err:
-        if not is_torch_archive_error(err):
-            raise
-        reason = str(err).splitlines()[0].split(". This is an internal miniz error")[0][:160]
-        raise InputError(f"checkpoint {label} is not readable ({reason}); is the file complete?") from None
 
 
 def normalize_images(images: torch.Tensor, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> torch.Tensor:

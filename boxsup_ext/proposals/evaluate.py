@@ -11,23 +11,23 @@ from __future__ import annotations
 import numpy as np
 
 from boxsup_ext import core
-from boxsup_ext.proposals.store import ProposalEntry, ProposalStore
+from boxsup_ext.proposals.store import ProposalStore
 
 THRESHOLDS = (0.5, 0.7)
 
 
-def mask_best_overlaps(entry: ProposalEntry, masks: np.ndarray) -> np.ndarray:
-    """Best IoU float64 [K] of each ground-truth mask (bool [K, H, W]) over the entry's candidates."""
+def mask_best_overlaps(candidates: core.Candidates, masks: np.ndarray) -> np.ndarray:
+    """Best IoU float64 [K] of each ground-truth mask (bool [K, H, W]) over an image's candidates."""
     masks = np.asarray(masks, dtype=bool)
     if masks.shape[0] == 0:
         return np.zeros(0)
-    if entry.num_candidates == 0:
+    if candidates.num_candidates == 0:
         return np.zeros(masks.shape[0])
-    num_units = entry.num_units
-    unit_bits = core.unpack_rows(entry.members, num_units).astype(np.float64)  # [N, U]
-    unit_area = np.bincount(entry.units.reshape(-1), minlength=num_units).astype(np.float64)
+    num_units = candidates.num_units
+    unit_bits = core.unpack_rows(candidates.members, num_units).astype(np.float64)  # [N, U]
+    unit_area = np.bincount(candidates.units.reshape(-1), minlength=num_units).astype(np.float64)
     k = masks.shape[0]
-    index = (np.arange(k)[:, None] * num_units + entry.units.reshape(1, -1))[masks.reshape(k, -1)]
+    index = (np.arange(k)[:, None] * num_units + candidates.units.reshape(1, -1))[masks.reshape(k, -1)]
     unit_inside = np.bincount(index, minlength=k * num_units).reshape(k, num_units).astype(np.float64)
     intersection = unit_bits @ unit_inside.T  # [N, K]
     union = (unit_bits @ unit_area)[:, None] + masks.reshape(k, -1).sum(1)[None, :] - intersection
@@ -35,11 +35,11 @@ def mask_best_overlaps(entry: ProposalEntry, masks: np.ndarray) -> np.ndarray:
     return iou.max(axis=0)
 
 
-def candidate_boxes(entry: ProposalEntry) -> np.ndarray:
+def candidate_boxes(candidates: core.Candidates) -> np.ndarray:
     """Tight boxes float64 [N, 4] (x0, y0, x1, y1), half-open pixel units; empty candidates give zeros."""
-    num_units = entry.num_units
-    unit_bits = core.unpack_rows(entry.members, num_units)
-    _, unit_box = core.unit_statistics(entry.units, num_units)
+    num_units = candidates.num_units
+    unit_bits = core.unpack_rows(candidates.members, num_units)
+    _, unit_box = core.unit_statistics(candidates.units, num_units)
     unit_box = unit_box.astype(np.int32)
     big = np.iinfo(np.int32).max
     boxes = np.stack(
@@ -88,18 +88,18 @@ def evaluate_store(dataset, store: ProposalStore, limit: int | None = None, prog
     for index in tqdm(range(count), desc="eval proposals", unit="img", disable=not progress):
         record = dataset[index]
         entry = store.get(record.image_id)
-        candidates.append(entry.num_candidates)
-        units.append(entry.num_units)
+        candidates.append(entry.candidates.num_candidates)
+        units.append(entry.candidates.num_units)
         seconds.append(entry.seconds)
         sizes.append(store.entry_path(record.image_id).stat().st_size)
         instances = dataset.load_instances(index)
         if instances is not None:
-            mask_best.append(mask_best_overlaps(entry, instances[0]))
+            mask_best.append(mask_best_overlaps(entry.candidates, instances[0]))
         keep = ~np.asarray(record.difficult, dtype=bool)
         gt_boxes = np.asarray(record.boxes, dtype=np.float64).reshape(-1, 4)[keep]
         if gt_boxes.shape[0]:
-            if entry.num_candidates:
-                box_best.append(box_iou(candidate_boxes(entry), gt_boxes).max(axis=0))
+            if entry.candidates.num_candidates:
+                box_best.append(box_iou(candidate_boxes(entry.candidates), gt_boxes).max(axis=0))
             else:
                 box_best.append(np.zeros(gt_boxes.shape[0]))
     mean = lambda values: float(np.mean(values)) if values else float("nan")  # noqa: E731

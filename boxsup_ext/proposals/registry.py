@@ -49,7 +49,8 @@ class ProposalMethod:
         if self.needs_image_id:
             options = dict(options, image_id=image_id)
         units, members, scores = self.fn(image, np.asarray(boxes, dtype=np.float32).reshape(-1, 4), **options)
-        return check_candidates(units, members, scores, image.shape[0], image.shape[1], f"method {self.name!r} on image {image_id!r}")
+        candidates, scores = check_candidates(units, members, scores, image.shape[0], image.shape[1], f"method {self.name!r} on image {image_id!r}")
+        return candidates.units, candidates.members, scores
 
     def options(self) -> dict[str, inspect.Parameter]:
         """The options the method takes by name (its keyword parameters after image and boxes)."""
@@ -203,9 +204,9 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def check_candidates(units, members, scores, height: int, width: int, where: str):
-    """Validate and normalise a method's output to (int32 [H, W], int64 [N, W64], float32 [N]):
-    the candidate form as :class:`boxsup_ext.core.Candidates` checks it, and one score per candidate."""
+def check_candidates(units, members, scores, height: int, width: int, where: str) -> tuple[core.Candidates, np.ndarray]:
+    """Validate and normalise a method's output to (:class:`boxsup_ext.core.Candidates`, float32 [N]):
+    the candidate form as ``Candidates`` checks it, and one score per candidate."""
     try:
         candidates = core.Candidates(units, members, shape=(height, width))
     except ValueError as err:
@@ -213,4 +214,4 @@ def check_candidates(units, members, scores, height: int, width: int, where: str
     scores = np.ascontiguousarray(scores, dtype=np.float32).reshape(-1)
     if scores.shape[0] != candidates.num_candidates:
         raise ValueError(f"{where}: {candidates.num_candidates} candidates but {scores.shape[0]} scores")
-    return candidates.units, candidates.members, scores
+    return candidates, scores

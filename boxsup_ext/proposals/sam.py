@@ -45,22 +45,6 @@ def _sam_model_class():
     return SamModel
 
 
-def resolve_device(device: str):
-    """``auto`` (CUDA when there is a GPU, else the CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a torch.device."""
-    import torch
-
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise InputError(f"sam option device={device!r}: this torch sees no CUDA device; use device=cpu or device=auto")
-        return torch.device(name)
-    raise InputError(f"sam option device must be auto, cpu, cuda or cuda:N, got {device!r}")
-
-
 def load_sam(checkpoint: str, device):
     """The ``SamModel`` in the local folder ``checkpoint`` on ``device``, in eval mode (cached per process).
 
@@ -166,7 +150,9 @@ def sam(
             raise InputError(f"sam option {name} must be at least {least}, got {value}")
     if not 0 <= float(jitter_amount) < 1:
         raise InputError(f"sam option jitter_amount must be in [0, 1), got {jitter_amount}")
-    model = load_sam(checkpoint, resolve_device(device))
+    from boxsup_ext.devices import resolve_device  # torch, only when the method runs
+
+    model = load_sam(checkpoint, resolve_device(device, "sam option device"))
     height, width = image.shape[:2]
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     if boxes.shape[0] == 0:

@@ -47,31 +47,17 @@ DEPENDENCIES = ("boxes", "image")  # what an entry may depend on, see image_prov
 
 @dataclass(frozen=True)
 class ProposalEntry:
-    """Candidates of one image.
+    """Candidates of one image, as stored.
 
-    units: int32 [H, W] in [0, U). members: int64 [N, ceil(U / 64)] bit words. scores: float32 [N].
-    height, width: image size in pixels. seconds: time the method took on this image (0 if unknown).
+    candidates: the units + members form (:class:`boxsup_ext.core.Candidates`; its units map is
+    the image's size). scores: float32 [N]. seconds: time the method took on this image (0 if
+    unknown). provenance: the digests the entry was made from (see :func:`image_provenance`).
     """
 
-    units: np.ndarray
-    members: np.ndarray
+    candidates: core.Candidates
     scores: np.ndarray
-    height: int
-    width: int
     seconds: float = 0.0
     provenance: dict = field(default_factory=dict)
-
-    @property
-    def num_candidates(self) -> int:
-        return int(self.members.shape[0])
-
-    @property
-    def num_units(self) -> int:
-        return core.unit_count(self.units)
-
-    def masks(self, rows: Sequence[int] | None = None) -> np.ndarray:
-        """Per-pixel masks bool [N, H, W] (or of ``rows`` only). Memory grows as N * H * W."""
-        return core.unpack_masks(self.units, self.members, None if rows is None else np.asarray(rows))
 
 
 def entry_filename(image_id: str) -> str:
@@ -82,7 +68,8 @@ def entry_filename(image_id: str) -> str:
 def write_entry(
     path: Path, units: np.ndarray, members: np.ndarray, scores: np.ndarray, seconds: float = 0.0, provenance: dict | None = None
 ) -> None:
-    """Write one entry atomically. Shapes as in :class:`ProposalEntry`; ``provenance`` maps each of
+    """Write one entry atomically. Shapes as in :class:`ProposalEntry` (units and members as in
+    :class:`boxsup_ext.core.Candidates`, scores float32 [N]); ``provenance`` maps each of
     :data:`DEPENDENCIES` the method uses to its digest (see :func:`image_provenance`).
 
     The file is an ordinary ``.npz`` (``np.load`` reads it) whose units map is deflated (it is
@@ -128,12 +115,11 @@ def read_entry(path: Path) -> ProposalEntry:
         raise InputError(f"{path}: damaged proposal entry ({err}); delete it and rerun generate to rebuild it") from None
     if size.shape != (2,) or not np.issubdtype(size.dtype, np.integer) or not isinstance(provenance, dict):
         raise InputError(f"{path}: damaged proposal entry (size {size!r}, provenance {provenance!r}); delete it and rerun generate to rebuild it")
-    height, width = int(size[0]), int(size[1])
     try:
-        units, members, scores = check_candidates(units, members, scores, height, width, "")
+        candidates, scores = check_candidates(units, members, scores, int(size[0]), int(size[1]), "")
     except ValueError as err:
         raise InputError(f"{path}: inconsistent proposal entry ({str(err).lstrip(': ')}); delete it and rerun generate to rebuild it") from None
-    return ProposalEntry(units, members, scores, height, width, seconds, provenance)
+    return ProposalEntry(candidates, scores, seconds, provenance)
 
 
 def image_provenance(dataset, index: int, depends_on: Sequence[str]) -> dict[str, str]:
@@ -236,8 +222,9 @@ class ProposalStore:
         if index is None:
             raise InputError(f"{path}: image {image_id!r} is not in dataset {self.manifest.get('dataset_name')!r} this store was opened for")
         record = self._dataset[index]
-        if (int(record.height), int(record.width)) != (entry.height, entry.width):
-            raise InputError(f"{path}: entry is {entry.height}x{entry.width} but the dataset image is {record.height}x{record.width}; regenerate the store")
+        height, width = entry.candidates.units.shape
+        if (int(record.height), int(record.width)) != (height, width):
+            raise InputError(f"{path}: entry is {height}x{width} but the dataset image is {record.height}x{record.width}; regenerate the store")
         key = (image_id, json.dumps(entry.provenance, sort_keys=True))
         if key in self._current:
             return entry

@@ -24,12 +24,17 @@ from boxsup_ext.core import IGNORE_LABEL, paint_instances
 from boxsup_ext.utils import InputError
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator seeded by (seed, epoch) alone: the one rule for an epoch's random streams
+    (its batch order, and the base seed its DataLoader iterators draw for the workers)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
 def epoch_batches(num_images: int, global_batch: int, seed: int, epoch: int) -> list[list[int]]:
     """The global batches of one epoch: a permutation seeded by (seed, epoch), wrapped around so
     every batch is full (all ranks then take the same number of steps). Returns lists of image
     positions, ``ceil(num_images / global_batch)`` batches of ``global_batch`` each."""
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_images, generator=generator).tolist()
+    order = torch.randperm(num_images, generator=epoch_generator(seed, epoch)).tolist()
     steps = math.ceil(num_images / global_batch)
     padded = [order[i % num_images] for i in range(steps * global_batch)]
     return [padded[s * global_batch : (s + 1) * global_batch] for s in range(steps)]
@@ -47,10 +52,9 @@ def epoch_loader(
     process group, and a worker dead of it would end the epoch in a worker error instead of the
     trainer's checkpoint at the next batch; the trainer shuts its workers down itself.
     """
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return DataLoader(
         samples, batch_sampler=list(batches), num_workers=workers, pin_memory=pin_memory,
-        persistent_workers=False, generator=generator, worker_init_fn=_leave_stop_signals_to_the_trainer,
+        persistent_workers=False, generator=epoch_generator(seed, epoch), worker_init_fn=_leave_stop_signals_to_the_trainer,
     )
 
 

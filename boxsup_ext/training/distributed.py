@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from boxsup_ext.utils import InputError
+from boxsup_ext.devices import resolve_device
 
 T = TypeVar("T")
 
@@ -88,9 +88,7 @@ def init_distributed(device_choice: str = "auto") -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_choice == "cuda" and not torch.cuda.is_available():
-        raise InputError("run.device is 'cuda' but no CUDA device is visible; use run.device=cpu or auto")
-    use_cuda = device_choice == "cuda" or (device_choice == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(device_choice, "run.device").type == "cuda"
     if use_cuda:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         device = torch.device("cuda", local_rank % torch.cuda.device_count())

@@ -1,5 +1,5 @@
-"""Checkpoints, RNG state and the run directory's identity checks (the layout itself is
-:mod:`boxsup_ext.run_dir`).
+"""What a checkpoint holds, RNG state and the run directory's identity checks (the layout itself is
+:mod:`boxsup_ext.run_dir`; checkpoint files are written and read by :mod:`boxsup_ext.checkpoints`).
 
 A checkpoint is a dict with ``model``, ``model_meta``, ``config``,
 ``epoch`` (completed epochs), ``step`` (batches done in the next epoch; non-zero only after an
@@ -20,10 +20,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from boxsup_ext.models import load_checkpoint_file
+from boxsup_ext.checkpoints import load_checkpoint
 from boxsup_ext.run_dir import RunDir
-from boxsup_ext.utils import InputError, atomic_save_torch, atomic_write
-from boxsup_ext.utils.errors import FULL_DISK_ERRNOS
+from boxsup_ext.utils import InputError, atomic_write
 
 # Config keys a resumed run may change: they affect speed and display, not the results.
 RESUMABLE_KEYS = (
@@ -76,31 +75,6 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    """Write ``checkpoint`` atomically (temp name + rename): a failed write (a full disk) leaves the
-    previous file in place and is one line naming the file."""
-    try:
-        atomic_save_torch(checkpoint, path)
-    except (OSError, RuntimeError) as err:
-        from boxsup_ext.models import is_torch_archive_error
-
-        # torch's zip writer reports a short write as "[enforce fail at inline_container.cc] unexpected pos";
-        # any other RuntimeError (CUDA, a bug) is not about the file and propagates unchanged.
-        if isinstance(err, RuntimeError) and not is_torch_archive_error(err):
-            raise
-        reason = (err.strerror or str(err)) if isinstance(err, OSError) else "it could not be written in full"
-        full = not isinstance(err, OSError) or err.errno in FULL_DISK_ERRNOS
-        kept = "the previous checkpoint there is kept" if Path(path).exists() else "nothing was written"
-        raise InputError(f"cannot write checkpoint {path} ({reason}){'; is the disk full?' if full else ';'} {kept}") from None
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    checkpoint = load_checkpoint_file(path)
-    if not isinstance(checkpoint, dict) or "label_state" not in checkpoint:
-        raise InputError(f"{path} is not a boxsup_ext.train checkpoint")
-    return checkpoint
 
 
 def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:

@@ -106,11 +106,3 @@ def atomic_write_json(path: PathLike, obj: Any, indent: Optional[int] = 2) -> No
     with atomic_write(path, "w") as handle:
         json.dump(obj, handle, indent=indent, sort_keys=False)
         handle.write("\n")
-
-
-def atomic_save_torch(obj: Any, path: PathLike) -> None:
-    """``torch.save`` through a temporary file."""
-    import torch
-
-    with atomic_write(path, "wb") as handle:
-        torch.save(obj, handle)
