@@ -59,7 +59,8 @@ def profile(run_dir: Path, threads: int, repeats: int) -> dict:
     from boxsup_ext.models import load_model_from_checkpoint
     from boxsup_ext.relabel import RelabelSettings, relabel_batch
     from boxsup_ext.run_dir import open_run, read_log
-    from boxsup_ext.train import _relabel_input, open_data, open_proposal_stores
+    from boxsup_ext.train import open_data, open_proposal_stores
+    from boxsup_ext.training.labels import _relabel_input
 
     run = open_run(run_dir)
     config = run.read_config()
