@@ -22,7 +22,6 @@ its RSS just before the call.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

@@ -312,7 +312,7 @@ def label_quality(dataset, store, settings, model, seed: int = 0) -> dict:
 
     from boxsup_ext.evaluation.metrics import miou_from_confusion
     from boxsup_ext.relabel import RelabelInput, relabel_batch
-    from boxsup_ext.train import LabelScore
+    from boxsup_ext.training.labels import LabelScore
     from boxsup_ext.training.data import gt_label_map
 
     score = LabelScore.empty(dataset.num_classes)

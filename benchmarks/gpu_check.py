@@ -28,7 +28,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 import torch
 

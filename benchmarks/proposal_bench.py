@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import cv2
-import numpy as np
 
 from boxsup_ext.data import open_dataset
 from boxsup_ext.data.synthetic import generate as generate_synthetic

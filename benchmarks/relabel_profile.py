@@ -16,7 +16,6 @@ images and candidates from disk. The epoch share uses the run's own log: the op'
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -59,7 +58,8 @@ def profile(run_dir: Path, threads: int, repeats: int) -> dict:
     from boxsup_ext.models import load_model_from_checkpoint
     from boxsup_ext.relabel import RelabelSettings, relabel_batch
     from boxsup_ext.run_dir import open_run, read_log
-    from boxsup_ext.train import _relabel_input, open_data, open_proposal_stores
+    from boxsup_ext.train import open_data, open_proposal_stores
+    from boxsup_ext.training.labels import _relabel_input
 
     run = open_run(run_dir)
     config = run.read_config()

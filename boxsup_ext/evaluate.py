@@ -43,7 +43,7 @@ from boxsup_ext.evaluation.evaluator import (
 )
 from boxsup_ext.run_dir import CHECKPOINT_KINDS, RunDir, open_run, run_checkpoint, run_data_source
 from boxsup_ext.evaluation.trimap import parse_widths
-from boxsup_ext.models import read_checkpoint_bytes
+from boxsup_ext.checkpoints import read_checkpoint_bytes
 from boxsup_ext.utils import InputError, OutputManifest, atomic_write_json, ensure_output_dir, run_cli
 
 CHECKPOINT_NOTES = {

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 

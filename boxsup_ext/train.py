@@ -12,8 +12,14 @@ Under ``torchrun --nproc_per_node=K`` it trains with DistributedDataParallel, re
 the images on each rank; rank 0 logs and checkpoints. ``--resume`` continues a run exactly, with
 the same bits as an uninterrupted run on a CPU (tested), whatever stopped it; on a GPU the relabel
 forward runs batched under bfloat16 and cuDNN is not deterministic, so last bits can differ.
-SIGINT/SIGTERM save a checkpoint at the
-next batch boundary before exiting. One trainer at a time holds a run directory (an OS lock).
+SIGINT/SIGTERM save a checkpoint at the next batch boundary before exiting. One trainer at a time
+holds a run directory (an OS lock).
+
+This file reads top to bottom: the building blocks (data, proposal stores, optimizer, the state a
+checkpoint saves), one SGD epoch and validation, the loop (:func:`train`, :func:`_train`), the
+epoch's log entry and the run summary, the command line. An epoch's label round is
+:func:`boxsup_ext.training.labels.labels_of_epoch`; the signal handling and the ``BOXSUP_FAULT_AT``
+test hook are in :mod:`boxsup_ext.training.signals`.
 """
 
 from __future__ import annotations
@@ -22,10 +28,9 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import time
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -36,18 +41,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from boxsup_ext.checkpoints import save_checkpoint
-from boxsup_ext.config import RELABELED_MODES, Config, config_to_dict, dump_config, load_config, save_config
-from boxsup_ext.data import TrainImage, TrainingSet, open_source, open_training_set, save_label_png
+from boxsup_ext.config import Config, config_to_dict, dump_config, load_config, save_config
+from boxsup_ext.data import TrainingSet, open_source, open_training_set
 from boxsup_ext.core import IGNORE_LABEL
 from boxsup_ext.evaluation.evaluator import ConfusionAccumulator, InferenceSettings, LabelPredictor
-from boxsup_ext.evaluation.metrics import ignored_prediction_counts, miou_from_confusion
+from boxsup_ext.evaluation.metrics import miou_from_confusion
 from boxsup_ext.models import IMAGENET_MEAN, IMAGENET_STD, convert_sync_batchnorm, model_from_config, model_meta, unwrap_model
-from boxsup_ext.relabel import RelabelInput, RelabelSettings, relabel_batch
 from boxsup_ext.run_dir import RunDir, read_log
 from boxsup_ext.training.data import LabelledImages, epoch_batches, epoch_loader, gt_label_map, rank_slice
 from boxsup_ext.training.distributed import DistContext, init_distributed, shutdown_distributed
+from boxsup_ext.training.labels import LabelSetup, LabelState, labels_of_epoch
 from boxsup_ext.training.lock import RunLock
 from boxsup_ext.training.logbook import EpochLog, progress
+from boxsup_ext.training.signals import StopRequested, Stopper, fault_injection_from_env
 from boxsup_ext.training.state import (
     capture_rng,
     checkpoint_to_resume,
@@ -55,52 +61,12 @@ from boxsup_ext.training.state import (
     restore_rng,
     write_run_identity,
 )
-from boxsup_ext.utils import InputError, atomic_write_bytes, atomic_write_json, ensure_output_dir, run_cli
+from boxsup_ext.utils import InputError, atomic_write_json, ensure_output_dir, run_cli
 from boxsup_ext.utils.errors import STORAGE_ERRNOS
-
-# Test hook: "EPOCH:STEP[:SIGNAL]" makes the process send itself SIGNAL (default SIGKILL; e.g.
-# SIGTERM, SIGINT, SIGSTOP) right after that training step.
-FAULT_ENV = "BOXSUP_FAULT_AT"
-
-
-class StopRequested(Exception):
-    """SIGINT/SIGTERM arrived; the trainer stops at the next safe point."""
 
 
 class TrainingDiverged(InputError):
     """The loss or the weights became NaN or infinite; training stops before the weights reach a checkpoint."""
-
-
-@dataclass
-class Stopper:
-    """Turns SIGINT/SIGTERM into a flag checked between batches."""
-
-    signum: Optional[int] = None
-    _previous: dict = field(default_factory=dict)
-
-    def install(self) -> None:
-        if not _in_main_thread():  # signal handlers can only be set from the main thread
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,7 +141,7 @@ class TrainState:
     start_epoch: int = 1
     partial: EpochProgress = field(default_factory=EpochProgress)
     best_miou: Optional[float] = None
-    label_state: dict = field(default_factory=lambda: {"epoch": 0, "fixed_done": False, "choices": {}})
+    label_state: LabelState = field(default_factory=LabelState)
     elapsed_before: float = 0.0
 
 
@@ -205,7 +171,7 @@ def build_state(config: Config, ctx: DistContext, training: TrainingSet, checkpo
         state.start_epoch = checkpoint["epoch"] + 1
         state.partial = EpochProgress(**checkpoint.get("partial", {}))
         state.best_miou = checkpoint.get("best_miou")
-        state.label_state = checkpoint["label_state"]
+        state.label_state = LabelState.from_dict(checkpoint["label_state"])
         state.elapsed_before = float(checkpoint.get("elapsed_s", 0.0))
     if ctx.distributed:
         state.model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
@@ -231,7 +197,7 @@ def save_state(
         "scheduler": state.scheduler.state_dict(),
         "scaler": state.scaler.state_dict() if state.scaler is not None else None,
         "rng": rng_all,
-        "label_state": state.label_state,
+        "label_state": state.label_state.to_dict(),
         "best_miou": state.best_miou,
         "dataset_fingerprints": fingerprints,
         "world_size": ctx.world_size,
@@ -242,235 +208,7 @@ def save_state(
 
 
 # ----------------------------------------------------------------------------------------------
-# Relabel step
-
-
-@dataclass
-class LabelRound:
-    """What one pass of label preparation did, summed over ranks."""
-
-    seconds: float
-    stats: dict
-    label_miou: Optional[float]
-    choices: dict
-
-
-@dataclass
-class LabelTally:
-    """Sums over the relabeled images of a rank (added over ranks with :meth:`DistContext.sum_array`)."""
-
-    boxes: float = 0.0
-    unassigned: float = 0.0
-    assigned: float = 0.0
-    cost: float = 0.0  # of the chosen candidates
-    iou: float = 0.0
-    mean_ce: float = 0.0
-    pixels: float = 0.0
-    foreground: float = 0.0
-    ignored: float = 0.0
-
-    def add(self, result: Any) -> None:
-        assigned = result.chosen >= 0
-        self.boxes += len(result.chosen)
-        self.unassigned += int((~assigned).sum())
-        self.assigned += int(assigned.sum())
-        self.cost += float(np.nansum(result.cost))
-        self.iou += float(np.nansum(result.iou))
-        self.mean_ce += float(np.nansum(result.mean_ce))
-        self.pixels += result.label.size
-        self.foreground += int(((result.label > 0) & (result.label != IGNORE_LABEL)).sum())
-        self.ignored += int((result.label == IGNORE_LABEL).sum())
-
-    def summed(self, ctx: DistContext) -> "LabelTally":
-        return LabelTally(*ctx.sum_array(np.array(astuple(self), dtype=np.float64)).tolist())
-
-    def stats(self) -> dict:
-        """The box and pixel statistics of the log's ``label_stats``."""
-        per_box = max(self.assigned, 1.0)
-        return {
-            "boxes": int(self.boxes),
-            "boxes_unassigned": int(self.unassigned),
-            "mean_cost": float(self.cost / per_box) if self.assigned else None,
-            "mean_iou": float(self.iou / per_box) if self.assigned else None,
-            "mean_ce": float(self.mean_ce / per_box) if self.assigned else None,
-            "foreground_fraction": float(self.foreground / self.pixels) if self.pixels else None,
-            "ignore_fraction": float(self.ignored / self.pixels) if self.pixels else None,
-        }
-
-
-@dataclass
-class LabelScore:
-    """The relabeled images' labels against their ground truth, where the dataset has it: the
-    evaluator's :class:`ConfusionAccumulator` plus the ground-truth pixels the labels leave as ignore."""
-
-    confusion: ConfusionAccumulator
-    ignored: np.ndarray  # ground-truth pixels the labels leave as ignore, all ground-truth pixels
-
-    @classmethod
-    def empty(cls, num_classes: int) -> "LabelScore":
-        return cls(ConfusionAccumulator(num_classes), np.zeros(2, dtype=np.int64))
-
-    def add(self, label: np.ndarray, gt: np.ndarray) -> None:
-        self.confusion.add(label, gt)
-        self.ignored += ignored_prediction_counts(label, gt, self.confusion.num_classes)
-
-    def summed(self, ctx: DistContext) -> tuple[np.ndarray, np.ndarray]:
-        """(confusion matrix, ignored counts) summed over ranks."""
-        return ctx.sum_array(self.confusion.total), ctx.sum_array(self.ignored)
-
-
-def prepare_labels(
-    epoch: int, config: Config, ctx: DistContext, model: nn.Module, training: TrainingSet, stores: dict[int, Any],
-    labels_dir: Path, label_state: dict, stopper: Stopper,
-) -> LabelRound:
-    """Write this epoch's label PNGs: ground-truth masks once; box images every epoch in the boxsup
-    modes (once for the fixed baselines). Work is sharded over ranks by image position."""
-    start = time.perf_counter()
-    mask_images, box_images = labels_due(config.train.mode, training.images, first_time=not label_state.get("fixed_done", False))
-    write_mask_labels(ctx.shard(mask_images), training.datasets, labels_dir, config, epoch, ctx.is_main)
-    settings = RelabelSettings.from_config(config.relabel, config.train.mode, epoch)
-    # Every rank runs the same number of batches (a collective per batch): the largest share's.
-    rounds = math.ceil(math.ceil(len(box_images) / ctx.world_size) / config.relabel.batch_images)
-    previous = label_state.get("choices", {}) if settings.keep_margin is not None else {}
-    choices, tally, score = relabel_images(
-        ctx.shard(box_images), epoch, settings, config, ctx, model, training.datasets, stores, labels_dir, stopper, rounds,
-        previous,
-    )
-    parts = ctx.gather_objects(choices)  # every rank's {image id: chosen candidates}
-    relabeled = [sorted(part) for part in parts]
-    merged: dict[str, list[int]] = {}
-    for part in parts:
-        merged.update(part)
-    tally = tally.summed(ctx)
-    confusion, ignored = score.summed(ctx)
-    ctx.barrier()  # every label file is on disk before anyone trains on it
-
-    all_ids = [image_id for part in relabeled for image_id in part]
-    stats = {
-        "relabeled": len(all_ids),
-        "relabel_per_rank": [len(part) for part in relabeled],
-        "relabel_duplicates": len(all_ids) - len(set(all_ids)),
-        "relabel_missing": len({image.image_id for image in box_images} - set(all_ids)),
-        "masks_written": len(mask_images),
-        **tally.stats(),
-        # label_miou judges the labelled pixels only; this is the share of the truth it leaves out
-        "label_ignore_share": float(ignored[0] / ignored[1]) if ignored[1] else None,
-        "changed_fraction": changed_fraction(merged, label_state.get("choices", {})),
-    }
-    label_miou = miou_from_confusion(confusion)[0] if confusion.sum() else None
-    return LabelRound(time.perf_counter() - start, stats, label_miou, merged)
-
-
-def labels_due(mode: str, images: Sequence[TrainImage], first_time: bool) -> tuple[list[TrainImage], list[TrainImage]]:
-    """The images whose labels this round writes: (from ground-truth masks, by relabeling boxes)."""
-    mask_images, box_images = [], []
-    for image in images:
-        if mode == "mask" or image.supervision == "mask":
-            if first_time:
-                mask_images.append(image)
-        elif mode in RELABELED_MODES or first_time:
-            box_images.append(image)
-    return mask_images, box_images
-
-
-def write_mask_labels(
-    images: Sequence[TrainImage], datasets: Sequence[Any], labels_dir: Path, config: Config, epoch: int, show: bool
-) -> None:
-    """Label PNGs of mask-supervised images from their ground truth."""
-    for image in progress(images, config.run.progress and show, desc=f"masks  {epoch}"):
-        label = gt_label_map(datasets[image.source], image.index)
-        if label is None:
-            raise InputError(
-                f"image {image.image_id!r} of data.train.{image.source} has no ground-truth mask, which mode "
-                f"{config.train.mode!r} / supervision 'mask' needs; use supervision 'box' for it"
-            )
-        save_label_png(labels_dir / f"{image.image_id}.png", label)
-
-
-def relabel_images(
-    images: Sequence[TrainImage], epoch: int, settings: RelabelSettings, config: Config, ctx: DistContext, model: nn.Module,
-    datasets: Sequence[Any], stores: dict[int, Any], labels_dir: Path, stopper: Stopper, rounds: int,
-    previous: dict[str, list[int]],
-) -> tuple[dict[str, list[int]], LabelTally, LabelScore]:
-    """Relabel this rank's box images in batches of ``relabel.batch_images``, writing their label
-    PNGs; returns the chosen candidates per image, the tally and the score against ground truth.
-
-    ``rounds``: the number of batches to run, the same on every rank (each one checks for a stop
-    with a collective), so a rank with a smaller share runs empty batches at the end. ``previous``:
-    the previous round's choices by image id (for ``relabel.keep_previous``; empty when off)."""
-    net = unwrap_model(model)
-    choices: dict[str, list[int]] = {}
-    tally, score = LabelTally(), LabelScore.empty(net.num_classes)
-    batch_size = config.relabel.batch_images
-    was_training = net.training
-    net.eval()
-    for first in progress(range(0, rounds * batch_size, batch_size), config.run.progress and ctx.is_main, desc=f"relabel {epoch}"):
-        if ctx.any_rank(stopper.requested):
-            raise StopRequested
-        batch = images[first : first + batch_size]
-        if not batch:
-            continue
-        inputs = [_relabel_input(datasets, stores, image, previous.get(image.image_id)) for image in batch]
-        for image, result in zip(batch, relabel_batch(net, inputs, settings, config.run.seed, epoch, ctx.device)):
-            save_label_png(labels_dir / f"{image.image_id}.png", result.label)
-            choices[image.image_id] = result.chosen.tolist()
-            tally.add(result)
-            gt = gt_label_map(datasets[image.source], image.index)
-            if gt is not None:
-                score.add(result.label, gt)
-    net.train(was_training)
-    return choices, tally, score
-
-
-def changed_fraction(choices: dict[str, list[int]], previous: dict[str, list[int]]) -> Optional[float]:
-    """Share of the boxes of images relabeled in both rounds whose chosen candidate changed."""
-    common = [i for i in choices if i in previous]
-    changed = sum(sum(a != b for a, b in zip(choices[i], previous[i])) for i in common)
-    common_boxes = sum(len(choices[i]) for i in common)
-    return changed / common_boxes if common_boxes else None
-
-
-def _relabel_input(datasets: Sequence[Any], stores: dict[int, Any], image: TrainImage, previous: Optional[list[int]]) -> RelabelInput:
-    dataset = datasets[image.source]
-    record = dataset[image.index]
-    entry = stores[image.source].get(image.image_id)  # checked against the image (size, provenance) by the store
-    return RelabelInput(image.image_id, dataset.load_image(image.index), entry.candidates, record.boxes, record.labels,
-                        None if previous is None else np.asarray(previous, dtype=np.int64))
-
-
-def save_choices(run: RunDir, epoch: int, choices: dict[str, list[int]]) -> None:
-    """Keep the candidate each box took in this epoch's relabel round (image id -> one index per
-    box, -1 for none) as ``labels/choices/epoch_NNN.json``, compact, so that ``export`` can rebuild
-    the instances of any epoch's labels. Read by nothing the trainer computes."""
-    atomic_write_json(run.choices_file(epoch), {"epoch": epoch, "choices": choices}, indent=None)
-
-
-def snapshot_labels(run: RunDir, epoch: int, images: Sequence[TrainImage]) -> None:
-    """Copy the current label PNGs to ``labels/snapshots/epoch_NNN/`` (for figures)."""
-    for image in images:
-        source = run.label_file(image.image_id)
-        if source.exists():
-            atomic_write_bytes(run.snapshot_dir(epoch) / source.name, source.read_bytes())
-
-
-# ----------------------------------------------------------------------------------------------
 # SGD epoch and validation
-
-
-def fault_injection_from_env() -> Callable[[int, int], None]:
-    """The :data:`FAULT_ENV` test hook as a callback after each training step: with
-    ``EPOCH:STEP[:SIGNAL]`` set, the process sends itself SIGNAL (default SIGKILL) after that step."""
-    fault = os.environ.get(FAULT_ENV, "")
-    if not fault:
-        return lambda epoch, step: None
-    parts = fault.split(":")
-    at, signum = (int(parts[0]), int(parts[1])), getattr(signal, parts[2]) if len(parts) > 2 else signal.SIGKILL
-
-    def send_signal(epoch: int, step: int) -> None:
-        if (epoch, step) == at:
-            os.kill(os.getpid(), signum)
-
-    return send_signal
 
 
 def train_one_epoch(
@@ -535,6 +273,21 @@ def backward_step(state: TrainState, loss: torch.Tensor) -> None:
         state.optimizer.step()
 
 
+def check_weights_finite(state: TrainState, ctx: DistContext, epoch: int) -> None:
+    """Stop (one line) when a weight became NaN or infinite, before it reaches a checkpoint: a
+    finite loss does not prove the last step's update was. Under AMP the GradScaler skips the steps
+    whose gradients overflow, so a non-finite weight there is a real divergence too."""
+    net = unwrap_model(state.model)
+    bad = [name for name, p in net.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+    if ctx.any_rank(bool(bad)):
+        where = f" ({bad[0]}{' and others' if len(bad) > 1 else ''})" if bad else " on another rank"
+        raise TrainingDiverged(
+            f"the weights became NaN or infinite{where} in epoch {epoch} by step {state.partial.step} (train.lr "
+            f"{state.optimizer.param_groups[0]['lr']:g}; lower it); stopped without saving, so checkpoints/latest.pt still "
+            "holds the last good state"
+        )
+
+
 def validate(model: nn.Module, dataset: Any, limit: int, ctx: DistContext, show: bool) -> Optional[dict]:
     """Single-scale, full-image validation mIoU (no CRF), sharded over ranks: the evaluator's
     :class:`LabelPredictor` one image at a time.
@@ -556,6 +309,15 @@ def validate(model: nn.Module, dataset: Any, limit: int, ctx: DistContext, show:
         return None
     miou, per_class, pixel_accuracy = miou_from_confusion(confusion)
     return {"miou": miou, "per_class_iou": [None if np.isnan(v) else float(v) for v in per_class], "pixel_accuracy": pixel_accuracy}
+
+
+def validate_when_due(epoch: int, config: Config, ctx: DistContext, model: nn.Module, val_dataset: Optional[Any]) -> Optional[dict]:
+    """:func:`validate` in a validation epoch (every ``train.val_every`` epochs, and the last);
+    None in other epochs and without a validation set."""
+    due = config.train.val_every and epoch % config.train.val_every == 0
+    if val_dataset is None or not (due or epoch == config.train.epochs):
+        return None
+    return validate(model, val_dataset, config.data.val.limit, ctx, config.run.progress and ctx.is_main)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -604,22 +366,9 @@ def _is_under(path: Any, folder: Path) -> bool:
         return False
 
 
-def check_weights_finite(state: TrainState, ctx: DistContext, epoch: int) -> None:
-    """Stop (one line) when a weight became NaN or infinite, before it reaches a checkpoint: a
-    finite loss does not prove the last step's update was. Under AMP the GradScaler skips the steps
-    whose gradients overflow, so a non-finite weight there is a real divergence too."""
-    net = unwrap_model(state.model)
-    bad = [name for name, p in net.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
-    if ctx.any_rank(bool(bad)):
-        where = f" ({bad[0]}{' and others' if len(bad) > 1 else ''})" if bad else " on another rank"
-        raise TrainingDiverged(
-            f"the weights became NaN or infinite{where} in epoch {epoch} by step {state.partial.step} (train.lr "
-            f"{state.optimizer.param_groups[0]['lr']:g}; lower it); stopped without saving, so checkpoints/latest.pt still "
-            "holds the last good state"
-        )
-
-
 def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> dict:
+    """Set up (data, proposal stores, the checkpoint to resume, the state), run the epochs from
+    ``state.start_epoch``, write the summary."""
     run_started = time.perf_counter()
     if config.run.threads > 0:
         torch.set_num_threads(config.run.threads)
@@ -627,28 +376,19 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
     training, val_dataset = open_data(config)
     stores = open_proposal_stores(config, training)
     fingerprints = training.fingerprints()
-
     checkpoint = checkpoint_to_resume(run, resume, config_to_dict(config), fingerprints, show=ctx.is_main)
     if checkpoint is not None and checkpoint["epoch"] >= config.train.epochs:
         return _finished_run(run, checkpoint, config, ctx)
-    if resume and checkpoint is None and ctx.is_main:
-        print(f"--resume: {run.root} holds no checkpoint to resume from; starting a fresh run there", file=sys.stderr, flush=True)
-    ctx.barrier()  # every rank has checked before rank 0 writes the run's identity
-    if ctx.is_main:
-        save_config(config, run.config_file)
-        write_run_identity(run, config_to_dict(config), fingerprints)
-
+    start_run_dir(run, config, ctx, fingerprints, nothing_to_resume=resume and checkpoint is None)
     state = build_state(config, ctx, training, checkpoint)
-    log = None
-    if ctx.is_main:
-        log = EpochLog(run.log_file, run.tensorboard if config.run.tensorboard else None)
-        print(f"logging to {log.loggers}", flush=True)
-        log.truncate_after(state.start_epoch - 1)
+    labelling = LabelSetup(config, ctx, training, stores, run, stopper)
+    log = open_log(run, config, state.start_epoch) if ctx.is_main else None
     after_step = fault_injection_from_env()
+
     val_result = None
     try:
         for epoch in range(state.start_epoch, config.train.epochs + 1):
-            label_round = labels_of_epoch(epoch, config, ctx, state, training, stores, run, stopper)
+            state.label_state = labels_of_epoch(epoch, labelling, state.model, state.label_state)
             stopped = train_one_epoch(epoch, config, ctx, state, training, run.labels, stopper, after_step)
             check_weights_finite(state, ctx, epoch)
             if stopped:
@@ -657,16 +397,13 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
                     print(f"stopped by signal in epoch {epoch} after step {state.partial.step}; checkpoint saved, resume with --resume", file=sys.stderr)
                 raise StopRequested
             ctx.broadcast_buffers(unwrap_model(state.model))
-            entry = epoch_entry(epoch, ctx, state, label_round)
+            entry = epoch_entry(epoch, ctx, state)
             state.scheduler.step()
-            is_best = False
-            due = config.train.val_every and epoch % config.train.val_every == 0
-            if val_dataset is not None and (due or epoch == config.train.epochs):
-                val_result = validate(state.model, val_dataset, config.data.val.limit, ctx, config.run.progress and ctx.is_main)
-                if val_result is not None:
-                    entry["val_miou"] = val_result["miou"]
-                    is_best = state.best_miou is None or val_result["miou"] > state.best_miou
-                    state.best_miou = float(max(state.best_miou or 0.0, val_result["miou"]))
+            val_result = validate_when_due(epoch, config, ctx, state.model, val_dataset)
+            is_best = val_result is not None and (state.best_miou is None or val_result["miou"] > state.best_miou)
+            if val_result is not None:
+                entry["val_miou"] = val_result["miou"]
+                state.best_miou = float(max(state.best_miou or 0.0, val_result["miou"]))
             if ctx.distributed:
                 digests = ctx.gather_objects(model_digest(unwrap_model(state.model)))
                 entry["rank_weight_digests"] = digests
@@ -675,7 +412,7 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
             # The log entry goes first: a process killed before the checkpoint leaves an entry of an
             # epoch the checkpoint has not reached, which the resume's truncate_after removes; the
             # other order would lose the entry of a checkpointed epoch for good.
-            if ctx.is_main:
+            if log is not None:
                 log.append(entry)
             # best.pt only from a validated epoch: without validation there is no best.
             save_state([run.latest] + ([run.best] if is_best else []), state, epoch, config, ctx, fingerprints,
@@ -688,36 +425,34 @@ def _train(config: Config, resume: bool, ctx: DistContext, stopper: Stopper) -> 
     return write_summary(run, config, ctx, state, log, val_result, time.perf_counter() - run_started)
 
 
-def labels_of_epoch(
-    epoch: int, config: Config, ctx: DistContext, state: TrainState, training: TrainingSet, stores: dict[int, Any], run: RunDir,
-    stopper: Stopper,
-) -> Optional[LabelRound]:
-    """Prepare this epoch's labels unless a resumed run did before it stopped; returns the epoch's
-    label round (None when it has none)."""
-    if state.label_state.get("epoch") != epoch:
-        try:
-            if ctx.any_rank(stopper.requested):
-                raise StopRequested
-            label_round = prepare_labels(epoch, config, ctx, state.model, training, stores, run.labels, state.label_state, stopper)
-        except StopRequested:
-            if ctx.is_main:
-                since = f"the checkpoint of epoch {epoch - 1}" if epoch > 1 else "the start (no epoch had finished)"
-                print(f"stopped by signal before the training steps of epoch {epoch}; --resume continues from {since} "
-                      "and prepares this epoch's labels again", file=sys.stderr, flush=True)
-            raise
-        state.label_state = {"epoch": epoch, "fixed_done": True, "choices": label_round.choices,
-                             "round": {"seconds": label_round.seconds, "stats": label_round.stats, "label_miou": label_round.label_miou}}
-        if ctx.is_main and label_round.choices:
-            save_choices(run, epoch, label_round.choices)
-        if ctx.is_main and epoch in config.relabel.snapshot_epochs:
-            snapshot_labels(run, epoch, training.images)
-    saved = state.label_state.get("round")
-    return LabelRound(choices=state.label_state["choices"], **saved) if saved else None
+def start_run_dir(run: RunDir, config: Config, ctx: DistContext, fingerprints: list[str], nothing_to_resume: bool) -> None:
+    """Once every rank has checked the run directory, rank 0 writes the run's identity there
+    (``config.yaml``, ``run.json``); on a ``--resume`` that found no checkpoint it says so first."""
+    if nothing_to_resume and ctx.is_main:
+        print(f"--resume: {run.root} holds no checkpoint to resume from; starting a fresh run there", file=sys.stderr, flush=True)
+    ctx.barrier()  # every rank has checked before rank 0 writes the run's identity
+    if ctx.is_main:
+        save_config(config, run.config_file)
+        write_run_identity(run, config_to_dict(config), fingerprints)
 
 
-def epoch_entry(epoch: int, ctx: DistContext, state: TrainState, label_round: Optional[LabelRound]) -> dict:
-    """The log entry of a trained epoch (before validation): mean loss over ranks, lr, times, label statistics."""
-    partial = state.partial
+def open_log(run: RunDir, config: Config, start_epoch: int) -> EpochLog:
+    """Rank 0's epoch log (``log.jsonl``, and TensorBoard with ``run.tensorboard``) without the
+    entries of epochs after the checkpoint's: they are trained again."""
+    log = EpochLog(run.log_file, run.tensorboard if config.run.tensorboard else None)
+    print(f"logging to {log.loggers}", flush=True)
+    log.truncate_after(start_epoch - 1)
+    return log
+
+
+# ----------------------------------------------------------------------------------------------
+# The log entry and the run summary
+
+
+def epoch_entry(epoch: int, ctx: DistContext, state: TrainState) -> dict:
+    """The log entry of a trained epoch (before validation): mean loss over ranks, lr, times, the
+    statistics of the epoch's label round."""
+    partial, label_round = state.partial, state.label_state.round
     relabel_s = label_round.seconds if label_round else 0.0
     entry: dict = {
         "epoch": epoch,
@@ -785,6 +520,10 @@ def _print_epoch(entry: dict) -> None:
         if entry.get(key) is not None:
             parts.append(f"{key} {100 * entry[key]:.2f}")
     print("  ".join(parts), flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ from boxsup_ext import train as train_module
 from boxsup_ext.config import load_config
 from boxsup_ext.relabel import RelabelSettings, warmed_lam
 from boxsup_ext.proposals.synthetic_setup import prepare_synthetic
+from boxsup_ext.training import labels as label_rounds
 from boxsup_ext.utils import InputError
 
 
@@ -41,13 +42,13 @@ def test_bad_warmup_is_rejected_at_load(value):
 def test_trainer_relabels_with_the_ramped_lam_and_again_on_resume(tmp_path, monkeypatch):
     setup = prepare_synthetic(tmp_path / "data", 4, 2, size=32, seed=3, methods=("selective_search",))
     seen: list[tuple[int, float]] = []
-    real = train_module.relabel_batch
+    real = label_rounds.relabel_batch
 
     def spy(model, batch, settings, seed, epoch, device):
         seen.append((epoch, settings.lam))
         return real(model, batch, settings, seed, epoch, device)
 
-    monkeypatch.setattr(train_module, "relabel_batch", spy)
+    monkeypatch.setattr(label_rounds, "relabel_batch", spy)
     settings = {
         "train.mode": "boxsup", "train.batch_size": 2, "train.lr": 0.01, "train.val_every": 0,
         "data.train.0.kind": "synthetic", "data.train.0.root": setup.dataset, "data.train.0.supervision": "box",

@@ -240,10 +240,10 @@ def test_resume_of_an_empty_folder_says_it_starts_fresh(synthetic, tmp_path, cap
 
 
 def test_signal_while_relabeling_says_so_and_resumes_exactly(synthetic, boxsup_run, tmp_path, capsys, monkeypatch):
-    import boxsup_ext.train as trainer
+    import boxsup_ext.training.labels as label_rounds
 
     run_dir = tmp_path / "relabel_stop"
-    real = trainer.relabel_batch
+    real = label_rounds.relabel_batch
     calls = []
 
     def relabel_then_signal(*args, **kwargs):
@@ -252,13 +252,13 @@ def test_signal_while_relabeling_says_so_and_resumes_exactly(synthetic, boxsup_r
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "relabel_batch", relabel_then_signal)
+    monkeypatch.setattr(label_rounds, "relabel_batch", relabel_then_signal)
     args = cli_args(synthetic, run_dir, extra=["--set", "relabel.batch_images=4"])
     status, err = run_train(args, capsys)
     assert status == 130
     assert "stopped by signal before the training steps of epoch 2" in err and "--resume continues" in err
     assert [e["epoch"] for e in read_log(run_dir)] == [1]
-    monkeypatch.setattr(trainer, "relabel_batch", real)
+    monkeypatch.setattr(label_rounds, "relabel_batch", real)
     assert run_train(args + ["--resume"], capsys)[0] == 0
     assert_same_run(boxsup_run, run_dir)
 

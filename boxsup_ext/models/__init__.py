@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# read_checkpoint_bytes is imported by boxsup_ext.evaluate from here; its home is boxsup_ext.checkpoints.
-from boxsup_ext.checkpoints import checkpoint_state_dict, read_checkpoint_bytes, read_model_checkpoint
+from boxsup_ext.checkpoints import checkpoint_state_dict, read_model_checkpoint
 from boxsup_ext.models.resnet import (
     DeepLabV2,
     DeepLabV3Plus,
@@ -68,7 +67,6 @@ __all__ = [
     "model_meta",
     "normalize_images",
     "predict_logits",
-    "read_checkpoint_bytes",
     "resnet101_deeplabv2",
     "resnet101_deeplabv3plus",
     "resnet50_deeplabv2",

@@ -1,2 +1,3 @@
 """Pieces of the BoxSup trainer (:mod:`boxsup_ext.train`): distributed context, training data and
-augmentation, checkpoints and run-directory checks, epoch logging."""
+augmentation, each epoch's label round, checkpoints and run-directory checks, epoch logging,
+signals."""

@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Union
 
 from boxsup_ext.utils.atomic import atomic_write_bytes, atomic_write_json
 from boxsup_ext.utils.errors import InputError
