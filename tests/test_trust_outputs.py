@@ -234,17 +234,17 @@ def test_predict_unreadable_input_leaves_no_claim_on_its_name(tmp_path, checkpoi
 
 
 def test_manifest_entry_without_hash_vouches_only_for_an_absent_file(tmp_path):
-    """A name recorded without a hash (claimed, never known to be written) does not make an
-    existing file there ours; unwritten claims are dropped when the manifest is saved."""
+    """A name recorded without a hash (an older or damaged record) does not make an existing file
+    there ours, and is dropped when the manifest is saved again."""
+    atomic_write_json(tmp_path / MANIFEST, {"command": "tool", "files": {"c.png": None, "d.png": None}})
+    (tmp_path / "c.png").write_bytes(b"the user's")
     manifest = OutputManifest(tmp_path, "tool")
-    manifest.claim(["a.png", "b.png"])
-    manifest.write_bytes("a.png", b"ours")
+    with pytest.raises(InputError, match="c.png exists and is not a file tool wrote there"):
+        manifest.check(["c.png"])
+    manifest.check(["d.png"])  # absent: free to write
+    manifest.write_files({"a.png": b"ours"})
     manifest.save()
     assert json.loads((tmp_path / MANIFEST).read_text())["files"] == {"a.png": hashlib.sha256(b"ours").hexdigest()}
-    atomic_write_json(tmp_path / MANIFEST, {"command": "tool", "files": {"c.png": None}})  # an older run's record
-    (tmp_path / "c.png").write_bytes(b"the user's")
-    with pytest.raises(InputError, match="c.png exists and is not a file tool wrote there"):
-        OutputManifest(tmp_path, "tool").check(["c.png"])
 
 
 def test_manifest_records_hashes_before_the_files_land(tmp_path, monkeypatch):

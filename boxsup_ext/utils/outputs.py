@@ -97,10 +97,11 @@ class OutputManifest:
         self.command = command
         self.overwrite = overwrite
         self.path = self.folder / MANIFEST_NAME
-        # name -> hash of the file written; None: claimed, not (yet) known to be written; a list:
-        # hashes a file being replaced may hold (the new one first) until the write is recorded.
+        # name -> hash of the file written; None: an entry read without a usable hash (it vouches for
+        # nothing that exists); a list: hashes a file being replaced may hold (the new one first)
+        # until the write is recorded.
         self.files: dict[str, Union[None, str, list[str]]] = self._read()
-        self._checked: set[str] = set()  # names check() passed (claim() after check() hashes nothing twice)
+        self._checked: set[str] = set()  # names check() passed (a second check() hashes nothing twice)
 
     def _read(self) -> dict[str, Union[None, str, list[str]]]:
         if not self.path.is_file():
@@ -118,9 +119,9 @@ class OutputManifest:
     def made_by_us(self, name: str) -> bool:
         """Whether ``folder/name`` is a file this manifest's command wrote and nobody changed since.
 
-        An entry without a hash (claimed before writing, never recorded) vouches for nothing that
-        exists: whatever the file there holds, this command did not see it written (an input that
-        could not be read, a crash), and it may be the user's."""
+        An entry without a usable hash (an older or damaged record) vouches for nothing that
+        exists: whatever the file there holds, this command did not see it written, and it may be
+        the user's."""
         if name not in self.files:
             return False
         digest = self.files[name]
@@ -152,15 +153,6 @@ class OutputManifest:
                 )
             self._checked.add(name)
 
-    def claim(self, names: Iterable[str]) -> None:
-        """:meth:`check` the names and note them (in memory, without a hash) as about to be
-        written. Only :meth:`write_bytes` / :meth:`record` make a claimed file ours; claims never
-        written are not saved. Prefer :meth:`write_files`, which records the hashes on disk first."""
-        names = list(names)
-        self.check(names)
-        for name in names:
-            self.files.setdefault(name, None)
-
     def write_files(self, files: dict[str, bytes]) -> list[Path]:
         """:meth:`check` the names, record the hashes of ``files`` (name -> bytes) in the manifest
         on disk, then write each file atomically. A kill at any point leaves every file either
@@ -183,24 +175,9 @@ class OutputManifest:
             written.append(target)
         return written
 
-    def write_bytes(self, name: str, data: bytes) -> Path:
-        """Write ``folder/name`` atomically (it must have been claimed) and record its hash."""
-        if name not in self.files:
-            raise KeyError(f"{name} was not claimed before writing")
-        target = self.folder / name
-        atomic_write_bytes(target, data)
-        self.files[name] = _sha256(data)
-        return target
-
-    def record(self, name: str) -> None:
-        """Record ``folder/name`` (claimed, then written by the caller) as made by this command."""
-        if name not in self.files:
-            raise KeyError(f"{name} was not claimed before writing")
-        self.files[name] = file_sha256(self.folder / name)
-
     def save(self) -> None:
-        """Record the hashes of the files written so far. Names claimed but never written (an
-        input that could not be read) are dropped: their record would vouch for nothing."""
+        """Record the hashes of the files written so far. Entries without a hash are dropped:
+        their record would vouch for nothing."""
         written = {name: digest for name, digest in self.files.items() if digest is not None}
         atomic_write_json(self.path, {"command": self.command, "files": dict(sorted(written.items()))})
 
