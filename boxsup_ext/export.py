@@ -4,8 +4,9 @@
         [--copy-images] [--overwrite]
 
 The labels are those of one relabel round of the run: by default its last one, the run's
-``labels/`` folder (the epoch the checkpoint ``checkpoints/latest.pt`` records in its label state);
-``--epoch K`` takes the copy in ``labels/snapshots/epoch_K/`` (``relabel.snapshot_epochs``). Every
+``labels/`` folder (the epoch ``labels/round.json`` names; for runs trained before the trainer wrote
+it, the epoch of the label state in ``checkpoints/latest.pt``). A run stopped in the middle of a
+label round holds labels of two epochs there and is refused until it is resumed. ``--epoch K`` takes the copy in ``labels/snapshots/epoch_K/`` (``relabel.snapshot_epochs``). Every
 training image of the run's ``data.train`` is exported, the mask-supervised ones (semi-supervised
 runs) with their ground-truth labels. Formats:
 
@@ -84,6 +85,15 @@ def open_label_set(run_dir: Path, epoch: Optional[int]) -> tuple[LabelSet, dict]
     current = label_state.get("epoch")
     current = current if isinstance(current, int) and current > 0 else None
     snapshots = snapshot_epochs(run)
+    label_round = run.label_round()  # None for runs trained before labels/round.json was written
+    if label_round is not None:
+        current, finished = label_round
+        if not finished and (epoch is None or epoch not in snapshots):
+            raise InputError(
+                f"--run {run.root} stopped in the middle of epoch {current}'s label round, so {run.labels} holds labels "
+                f"of two epochs ({run.round_file} says so); resume the run with python -m boxsup_ext.train --resume, "
+                f"or export a snapshot with --epoch K ({_available(snapshots, None)})"
+            )
     if epoch is None:
         if current is None:
             raise InputError(

@@ -96,6 +96,23 @@ class RunDir:
     def choices_file(self, epoch: int) -> Path:
         return self.labels / "choices" / f"epoch_{epoch:03d}.json"
 
+    @property
+    def round_file(self) -> Path:
+        """``labels/round.json``: which epoch's label round ``labels/`` holds, and whether it finished."""
+        return self.labels / "round.json"
+
+    def label_round(self) -> Optional[tuple[int, bool]]:
+        """(epoch, finished) of the label round ``labels/`` holds, from :attr:`round_file`; None for a
+        run without one (made before the trainer wrote it) or an unreadable one."""
+        try:
+            record = json.loads(self.round_file.read_text())
+            epoch, finished = record["epoch"], record["finished"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1 or not isinstance(finished, bool):
+            return None
+        return epoch, finished
+
     def read_config(self) -> Any:
         """The run's resolved trainer config (a :class:`boxsup_ext.config.Config`)."""
         from boxsup_ext.config import load_config

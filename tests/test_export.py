@@ -31,19 +31,19 @@ def synthetic(tmp_path_factory):
     return prepare_synthetic(tmp_path_factory.mktemp("synthetic"), NUM_TRAIN, 2, size=32, seed=3, methods=("selective_search",))
 
 
-def train_run(setup, run_dir, clip=True, mode="boxsup"):
+def train_run(setup, run_dir, clip=True, mode="boxsup", extra=None, expect=0):
     settings = {
         "train.mode": mode, "train.epochs": 2, "train.batch_size": 2, "train.lr": 0.01, "train.val_every": 0,
         "data.train.0.kind": "synthetic", "data.train.0.root": setup.dataset, "data.train.0.supervision": "box",
         "data.train.0.proposals": setup.stores["selective_search"], "data.val.root": "", "data.crop_size": 32,
         "data.workers": 0, "model.name": "tiny_fcn", "model.width": 4, "relabel.snapshot_epochs": "[1, 2]",
         "relabel.topk": 10, "relabel.clip_to_box": str(clip).lower(), "run.threads": 1, "run.progress": "false",
-        "run.tensorboard": "false",
+        "run.tensorboard": "false", **(extra or {}),
     }
     args = ["--run-dir", str(run_dir)]
     for key, value in settings.items():
         args += ["--set", f"{key}={value}"]
-    assert train_main(args) == 0
+    assert train_main(args) == expect
     return Path(run_dir)
 
 
@@ -309,3 +309,42 @@ def test_files_get_the_umask(run, tmp_path, capsys):
     for path in (tmp_path / "out" / "manifest.json", tmp_path / "out" / "annotations" / "instances_train.json"):
         assert path.stat().st_mode & 0o777 == 0o640
     assert not [p for p in (tmp_path / "out").rglob(".*.tmp")]
+
+
+def test_a_run_stopped_mid_round_is_refused_until_resumed(run, synthetic, tmp_path, capsys, monkeypatch):
+    """A stop between two relabel batches of epoch 2 leaves labels/ with two images of epoch 2 and
+    two of epoch 1 while the checkpoint still names epoch 1: exporting labels/ as either epoch would
+    be wrong, so it is refused (snapshots still export); after --resume, labels/ is epoch 2's, the
+    same as the uninterrupted run's."""
+    import signal
+
+    from boxsup_ext.training import labels as labels_module
+
+    real = labels_module.relabel_batch
+
+    def stop_after_first_batch_of_epoch_2(net, inputs, settings, seed, epoch, device):
+        results = real(net, inputs, settings, seed, epoch, device)
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the trainer's handler: the round stops before its next batch
+        return results
+
+    monkeypatch.setattr(labels_module, "relabel_batch", stop_after_first_batch_of_epoch_2)
+    stopped = train_run(synthetic, tmp_path / "stopped", extra={"relabel.batch_images": 2}, expect=130)
+    capsys.readouterr()
+    labels = label_maps(stopped / "labels")
+    epoch1, epoch2 = label_maps(stopped / "labels" / "snapshots" / "epoch_001"), label_maps(run / "labels")
+    mixed = [i for i in labels if np.array_equal(labels[i], epoch2[i]) and not np.array_equal(labels[i], epoch1[i])]
+    assert len(mixed) == 2, "labels/ should hold two images relabelled in epoch 2"
+
+    err = one_line_error(*export(capsys, "--run", stopped, "--out", tmp_path / "a"))
+    assert "middle of epoch 2's label round" in err and "--resume" in err and "--epoch K" in err
+    assert one_line_error(*export(capsys, "--run", stopped, "--out", tmp_path / "b", "--epoch", "2"))
+    assert export(capsys, "--run", stopped, "--out", tmp_path / "c", "--epoch", "1")[0] == 0  # the snapshot
+
+    monkeypatch.setattr(labels_module, "relabel_batch", real)
+    assert train_main(["--run-dir", str(stopped), "--resume"]) == 0
+    status, message = export(capsys, "--run", stopped, "--out", tmp_path / "d", "--format", "mmseg")
+    assert status == 0, message
+    assert json.loads((tmp_path / "d" / "manifest.json").read_text())["epoch"] == 2
+    for image_id, label in epoch2.items():
+        assert np.array_equal(load_label_png(tmp_path / "d" / "ann_dir" / "train" / f"{image_id}.png"), label)

@@ -87,6 +87,9 @@ def labels_of_epoch(epoch: int, setup: LabelSetup, model: nn.Module, state: Labe
     try:
         if ctx.any_rank(setup.stopper.requested):
             raise StopRequested
+        if ctx.is_main:
+            mark_round(setup.run, epoch, finished=False)
+        ctx.barrier()  # no rank writes a label before labels/ says a round is under way
         state = prepare_labels(epoch, setup, model, state)
     except StopRequested:
         if ctx.is_main:
@@ -98,7 +101,17 @@ def labels_of_epoch(epoch: int, setup: LabelSetup, model: nn.Module, state: Labe
         save_choices(setup.run, epoch, state.choices)
     if ctx.is_main and epoch in setup.config.relabel.snapshot_epochs:
         snapshot_labels(setup.run, epoch, setup.training.images)
+    if ctx.is_main:
+        mark_round(setup.run, epoch, finished=True)
     return state
+
+
+def mark_round(run: RunDir, epoch: int, finished: bool) -> None:
+    """Say in ``labels/round.json`` which epoch's round ``labels/`` holds and whether it finished: a
+    stop in the middle of a round leaves label PNGs of two epochs, which ``export`` must not pass off
+    as either (the checkpoint still names the epoch before)."""
+    run.labels.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.round_file, {"epoch": epoch, "finished": finished})
 
 
 @dataclass
