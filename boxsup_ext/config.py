@@ -98,7 +98,7 @@ class ModelConfig:
     bn: str = ""
     """Batch norm of the ResNet models: ``frozen`` (eval mode, affine parameters fixed, through training too: DeepLab-v2's practice for batches of 10-20), ``train`` (ordinary batch norm) or ``sync`` (ordinary, synchronised across processes with SyncBatchNorm under ``torchrun`` on GPUs; plain batch norm in one process); empty = ``frozen``. It applies to the backbone; the DeepLab-v3+ head's batch norm always trains. ``tiny_fcn`` (always trains its batch norm) and ``vgg16_largefov`` (none) refuse a non-empty value."""
     encoder_stride: int = 16
-    """Output stride of the DeepLab-v3+ encoder (ResNet + ASPP): 16 (ASPP rates 6/12/18) or 8 (rates doubled, several times the FLOPs); the logits are at stride 4 either way."""
+    """Output stride of the DeepLab-v3+ encoder (ResNet + ASPP): 16 (ASPP rates 6/12/18) or 8 (rates doubled, several times the FLOPs); the logits are at stride 4 either way. Other models have a fixed stride and refuse a value other than 16."""
     init_checkpoint: str = ""
     """Start from this ``boxsup_ext.train`` checkpoint's weights (fine-tuning)."""
     replace_classifier: bool = False

@@ -207,6 +207,9 @@ def test_bn_config_choices():
         build("resnet50_deeplabv2", bn="batch")
     with pytest.raises(InputError, match="model.encoder_stride must be 8 or 16"):
         load_config(None, ["model.encoder_stride=32"])
+    for name in ("tiny_fcn", "resnet50_deeplabv2"):  # no encoder stride to choose: a changed value is refused, not ignored
+        with pytest.raises(InputError, match=f"model.encoder_stride=8 applies to DeepLab-v3\\+ only; {name} "):
+            model_from_config(load_config(None, [f"model.name={name}", "model.encoder_stride=8"]).model, 3)
     with pytest.warns(UserWarning, match="frozen batch norm keeps the initial statistics"):
         build_model("resnet50_deeplabv2", 3)
 

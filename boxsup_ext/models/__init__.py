@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boxsup_ext.config import ModelConfig
 from boxsup_ext.checkpoints import checkpoint_state_dict, read_model_checkpoint
 from boxsup_ext.models.resnet import (
     DeepLabV2,
@@ -100,12 +101,18 @@ def model_from_config(cfg: Any, num_classes: int) -> nn.Module:
     outputs: the builder of ``cfg.name`` takes the fields of the section its arguments name; with
     ``cfg.init_checkpoint`` it starts from that trainer checkpoint (see :func:`init_from_checkpoint`).
     An empty ``model.bn`` takes the model's own batch norm; a model without a ``bn`` argument
-    (``tiny_fcn`` always trains its batch norm, ``vgg16_largefov`` has none) refuses any other."""
+    (``tiny_fcn`` always trains its batch norm, ``vgg16_largefov`` has none) refuses any other, and a
+    model without an ``encoder_stride`` (all but DeepLab-v3+) refuses a value other than the default."""
     arguments = _builder_arguments(cfg.name)
     if cfg.bn and "bn" not in arguments:
         raise InputError(
             f"model.bn={cfg.bn} applies to the ResNet models only; {cfg.name} has no batch-norm choice "
             "(tiny_fcn always trains its batch norm, vgg16_largefov has none): leave model.bn empty"
+        )
+    if cfg.encoder_stride != ModelConfig.encoder_stride and "encoder_stride" not in arguments:
+        raise InputError(
+            f"model.encoder_stride={cfg.encoder_stride} applies to DeepLab-v3+ only; {cfg.name} has a fixed output stride "
+            f"({ModelConfig.encoder_stride} is the default and means nothing to it): leave model.encoder_stride unset"
         )
     kwargs = {argument: getattr(cfg, argument) for argument in arguments if not (argument == "bn" and not cfg.bn)}
     model = build_model(cfg.name, num_classes, **kwargs)
