@@ -25,11 +25,13 @@ test hook are in :mod:`boxsup_ext.training.signals`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -151,7 +153,7 @@ def build_state(config: Config, ctx: DistContext, training: TrainingSet, checkpo
     torch.manual_seed(config.run.seed)
     np.random.seed(config.run.seed % (1 << 32))
     num_classes = config.model.num_classes or training.num_classes
-    model = model_from_config(config.model, num_classes).to(ctx.device)
+    model = build_model_for(config, num_classes, resuming=checkpoint is not None).to(ctx.device)
     if ctx.distributed:  # model.bn=sync: SyncBatchNorm before the optimizer and the DDP wrap below
         model = convert_sync_batchnorm(model, ctx.device)
     optimizer, scheduler = make_optimizer(model, config)
@@ -176,6 +178,17 @@ def build_state(config: Config, ctx: DistContext, training: TrainingSet, checkpo
     if ctx.distributed:
         state.model = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     return state
+
+
+def build_model_for(config: Config, num_classes: int, resuming: bool) -> nn.Module:
+    """The run's network. When resuming, the checkpoint holds every weight, so the files of the
+    starting weights (``model.pretrained``, ``model.init_checkpoint``) are not read again and need
+    not still exist; the random initialisation it replaces draws from streams the checkpoint restores."""
+    if not resuming:
+        return model_from_config(config.model, num_classes)
+    with warnings.catch_warnings():  # "no ImageNet weights": they come from the checkpoint
+        warnings.filterwarnings("ignore", message=".*has no ImageNet weights")
+        return model_from_config(dataclasses.replace(config.model, pretrained="", init_checkpoint=""), num_classes)
 
 
 def save_state(

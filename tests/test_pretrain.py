@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +145,36 @@ def test_trainer_starts_from_pretrained_backbone(pretrained, tmp_path, monkeypat
     assert source == str(pretrained) and all(torch.equal(v, state[f"features.{k}"]) for k, v in features.items())
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
     assert checkpoint["epoch"] == 1 and "pretrained" not in checkpoint["model_meta"]["kwargs"]
+
+
+def test_resume_does_not_read_the_pretrained_file_again(pretrained, tmp_path, monkeypatch):
+    """The checkpoint holds every weight: --resume must neither load model.pretrained again nor
+    need it to still exist."""
+    import shutil
+
+    from boxsup_ext.config import load_config
+    from boxsup_ext.models import tiny
+    from boxsup_ext.proposals.synthetic_setup import prepare_synthetic
+    from boxsup_ext.train import train
+
+    loads = []
+    real = tiny.load_tiny_backbone
+    monkeypatch.setattr(tiny, "load_tiny_backbone", lambda model, source: (loads.append(source), real(model, source)))
+    weights = Path(shutil.copy(pretrained, tmp_path / "backbone.pt"))
+    setup = prepare_synthetic(tmp_path / "synthetic", 4, 2, size=48, seed=1, methods=("rectangles",))
+    settings = {
+        "train.mode": "rectangles", "train.epochs": 1, "train.batch_size": 2, "train.val_every": 0,
+        "data.train.0.kind": "synthetic", "data.train.0.root": str(setup.dataset), "data.train.0.supervision": "box",
+        "data.train.0.proposals": str(setup.stores["rectangles"]), "data.val.root": "", "data.crop_size": 48,
+        "data.workers": 0, "model.name": "tiny_fcn", "model.width": 4, "model.pretrained": str(weights),
+        "run.run_dir": str(tmp_path / "run"), "run.threads": 1, "run.progress": False, "run.tensorboard": False,
+    }  # fmt: skip
+    train(load_config(assignments=settings))
+    assert loads == [str(weights)]
+    weights.unlink()
+    summary = train(load_config(assignments={**settings, "train.epochs": 2}), resume=True)
+    assert loads == [str(weights)] and summary
+    assert torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)["epoch"] == 2
 
 
 def test_global_torch_state_is_restored(tmp_path):
