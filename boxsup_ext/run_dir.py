@@ -3,8 +3,9 @@
 
     config.yaml                          the resolved Config (read back with :meth:`RunDir.read_config`)
     run.json                             the config and dataset fingerprints the run belongs to
-    checkpoints/latest.pt, best.pt       checkpoints (:mod:`boxsup_ext.training.state`)
+    checkpoints/latest.pt, best.pt       checkpoints (contents: :mod:`boxsup_ext.training.state`; files: :mod:`boxsup_ext.checkpoints`)
     labels/<image_id>.png                the current training labels
+    labels/round.json                    {epoch, finished} of the label round labels/ holds (for ``export``)
     labels/snapshots/epoch_<NNN>/        copies of the labels after chosen epochs (for figures)
     labels/choices/epoch_<NNN>.json      the candidate each box took in that epoch's relabel round,
                                          by image id (the images it relabeled; for ``export``)

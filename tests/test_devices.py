@@ -29,10 +29,10 @@ def test_auto_takes_the_gpu_when_there_is_one(monkeypatch):
 @pytest.mark.parametrize(
     "value, message",
     [
-        ("cuda", r"run\.device cuda: CUDA requested but not available on this machine; use run\.device cpu"),
-        ("cuda:1", r"run\.device cuda:1: CUDA requested"),
-        ("tpu", r"run\.device 'tpu' is not a torch device; run\.device must be auto, cpu, cuda or cuda:N"),
-        ("meta", r"run\.device meta holds no data"),
+        ("cuda", r"run\.device=cuda: CUDA requested but not available on this machine; use run\.device=cpu"),
+        ("cuda:1", r"run\.device=cuda:1: CUDA requested"),
+        ("tpu", r"run\.device='tpu' is not a torch device; run\.device must be auto, cpu, cuda or cuda:N"),
+        ("meta", r"run\.device=meta holds no data"),
     ],
 )
 def test_refusals_name_the_option(no_cuda, value, message):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from boxsup_ext.core import IGNORE_LABEL
-from boxsup_ext.devices import default_device, resolve_device
+from boxsup_ext.devices import resolve_device
 from boxsup_ext.evaluation.crf import CRFParams, dense_crf_many
 from boxsup_ext.evaluation.multiscale import multiscale_logits
 from boxsup_ext.evaluation.trimap import trimap_bands
@@ -75,7 +75,7 @@ class LabelPredictor:
         settings: InferenceSettings = InferenceSettings(),
         device: Optional[torch.device | str] = None,
     ) -> None:
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = resolve_device(None if device is None else str(device), "device")
         self.model = model.to(self.device).eval()
         self.mean = tuple(mean)
         self.std = tuple(std)

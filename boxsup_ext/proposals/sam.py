@@ -152,7 +152,7 @@ def sam(
         raise InputError(f"sam option jitter_amount must be in [0, 1), got {jitter_amount}")
     from boxsup_ext.devices import resolve_device  # torch, only when the method runs
 
-    model = load_sam(checkpoint, resolve_device(device, "sam option device"))
+    model = load_sam(checkpoint, resolve_device(device, "device"))
     height, width = image.shape[:2]
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     if boxes.shape[0] == 0:

@@ -3,7 +3,8 @@
 
 A checkpoint is a dict with ``model``, ``model_meta``, ``config``,
 ``epoch`` (completed epochs), ``step`` (batches done in the next epoch; non-zero only after an
-interrupt), ``optimizer``, ``scheduler``, ``rng``, ``label_state``, ``best_miou``,
+interrupt), ``optimizer``, ``scheduler``, ``scaler`` (a GradScaler's state under CUDA AMP, else None), ``rng``,
+``partial`` (the interrupted epoch's progress), ``label_state``, ``best_miou``,
 ``dataset_fingerprints``, ``world_size``, ``elapsed_s``. Every value is a tensor or a plain type
 (the RNG states too), so checkpoints load with ``torch.load(weights_only=True)``: loading never
 runs code from the file.
