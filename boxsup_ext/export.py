@@ -88,11 +88,11 @@ def open_label_set(run_dir: Path, epoch: Optional[int]) -> tuple[LabelSet, dict]
     label_round = run.label_round()  # None for runs trained before labels/round.json was written
     if label_round is not None:
         current, finished = label_round
-        if not finished and (epoch is None or epoch not in snapshots):
+        if not finished and (epoch is None or epoch == current):  # its snapshot, if any, may be half copied
             raise InputError(
                 f"--run {run.root} stopped in the middle of epoch {current}'s label round, so {run.labels} holds labels "
                 f"of two epochs ({run.round_file} says so); resume the run with python -m boxsup_ext.train --resume, "
-                f"or export a snapshot with --epoch K ({_available(snapshots, None)})"
+                f"or export a snapshot with --epoch K ({_available([s for s in snapshots if s != current], None)})"
             )
     if epoch is None:
         if current is None:

@@ -104,14 +104,23 @@ class RunDir:
 
     def label_round(self) -> Optional[tuple[int, bool]]:
         """(epoch, finished) of the label round ``labels/`` holds, from :attr:`round_file`; None for a
-        run without one (made before the trainer wrote it) or an unreadable one."""
+        run without one (made before the trainer wrote it).
+
+        Raises:
+            InputError: the file is there but unreadable or not such a record.
+        """
+        if not self.round_file.exists():
+            return None
         try:
             record = json.loads(self.round_file.read_text())
             epoch, finished = record["epoch"], record["finished"]
         except (OSError, ValueError, KeyError, TypeError):
-            return None
+            epoch = finished = None
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1 or not isinstance(finished, bool):
-            return None
+            raise InputError(
+                f"{self.round_file} is not the trainer's record of a label round ({{\"epoch\": E, \"finished\": true|false}}); "
+                "resume the run (its next round rewrites it) or export a snapshot with --epoch K"
+            )
         return epoch, finished
 
     def read_config(self) -> Any:

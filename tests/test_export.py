@@ -348,3 +348,6 @@ def test_a_run_stopped_mid_round_is_refused_until_resumed(run, synthetic, tmp_pa
     assert json.loads((tmp_path / "d" / "manifest.json").read_text())["epoch"] == 2
     for image_id, label in epoch2.items():
         assert np.array_equal(load_label_png(tmp_path / "d" / "ann_dir" / "train" / f"{image_id}.png"), label)
+    (stopped / "labels" / "round.json").write_text('{"epoch": 2}')  # damaged: not read as "no record"
+    err = one_line_error(*export(capsys, "--run", stopped, "--out", tmp_path / "e"))
+    assert "round.json is not the trainer's record of a label round" in err
