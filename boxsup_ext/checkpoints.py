@@ -42,11 +42,12 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
         raise InputError(f"cannot write checkpoint {path} ({reason}){'; is the disk full?' if full else ';'} {kept}") from None
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A trainer checkpoint to resume from (it has ``label_state``), read with :func:`load_checkpoint_file`."""
-    checkpoint = load_checkpoint_file(path)
-    if not isinstance(checkpoint, dict) or "label_state" not in checkpoint:
-        raise InputError(f"{path} is not a boxsup_ext.train checkpoint")
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """A trainer checkpoint (it has a ``label_state`` mapping), read with :func:`load_checkpoint_file`;
+    ``mmap``: the tensors are memory-mapped, not read (for a caller that wants the rest)."""
+    checkpoint = load_checkpoint_file(path, mmap=mmap)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("label_state"), dict):
+        raise InputError(f"{path} is not a boxsup_ext.train checkpoint (no label_state); give a run directory of boxsup_ext.train")
     return checkpoint
 
 

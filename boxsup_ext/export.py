@@ -122,13 +122,9 @@ def _checkpoint_label_state(run: RunDir) -> dict:
     memory-mapped, not read."""
     if not run.latest.is_file():
         return {}
-    from boxsup_ext.checkpoints import load_checkpoint_file
+    from boxsup_ext.checkpoints import load_checkpoint
 
-    checkpoint = load_checkpoint_file(run.latest, mmap=True)
-    state = checkpoint.get("label_state") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise InputError(f"{run.latest} is not a trainer checkpoint (no label_state); give a run directory of boxsup_ext.train")
-    return state
+    return load_checkpoint(run.latest, mmap=True)["label_state"]
 
 
 def _refuse_running(run: RunDir) -> None:
