@@ -206,12 +206,14 @@ def available_methods() -> list[str]:
 
 def check_candidates(units, members, scores, height: int, width: int, where: str) -> tuple[core.Candidates, np.ndarray]:
     """Validate and normalise a method's output to (:class:`boxsup_ext.core.Candidates`, float32 [N]):
-    the candidate form as ``Candidates`` checks it, and one score per candidate."""
+    the candidate form as ``Candidates`` checks it, and one score per candidate. ``where`` (may be
+    empty) starts each ValueError's message."""
+    prefix = f"{where}: " if where else ""
     try:
         candidates = core.Candidates(units, members, shape=(height, width))
     except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
+        raise ValueError(f"{prefix}{err}") from None
     scores = np.ascontiguousarray(scores, dtype=np.float32).reshape(-1)
     if scores.shape[0] != candidates.num_candidates:
-        raise ValueError(f"{where}: {candidates.num_candidates} candidates but {scores.shape[0]} scores")
+        raise ValueError(f"{prefix}{candidates.num_candidates} candidates but {scores.shape[0]} scores")
     return candidates, scores

@@ -118,7 +118,7 @@ def read_entry(path: Path) -> ProposalEntry:
     try:
         candidates, scores = check_candidates(units, members, scores, int(size[0]), int(size[1]), "")
     except ValueError as err:
-        raise InputError(f"{path}: inconsistent proposal entry ({str(err).lstrip(': ')}); delete it and rerun generate to rebuild it") from None
+        raise InputError(f"{path}: inconsistent proposal entry ({err}); delete it and rerun generate to rebuild it") from None
     return ProposalEntry(candidates, scores, seconds, provenance)
 
 
