@@ -130,6 +130,11 @@ def load_checkpoint_file(
         extra = {"mmap": True} if mmap and not isinstance(path, io.IOBase) else {}
         return torch.load(path, map_location=map_location, weights_only=True, **extra)
     except pickle.UnpicklingError as err:
+        if "global" not in str(err).lower():  # no object refused (GLOBAL): random bytes or another format, not a pickle of objects
+            raise InputError(
+                f"checkpoint {label} is not a torch checkpoint (neither a torch archive nor a pickle torch can read); "
+                "is it the right file? use a checkpoint written by boxsup_ext.train"
+            ) from None
         detail = str(err).split("Unsupported global: ", 1)[-1].split(" was not an allowed global")[0].splitlines()[0][:120]
         raise InputError(
             f"checkpoint {label} holds objects other than tensors and plain types ({detail}); refusing to load it "

@@ -534,6 +534,10 @@ def test_checkpoint_loader_errors_name_the_cause(tmp_path, checkpoint):
     truncated.write_bytes(Path(checkpoint).read_bytes()[:1000])
     with pytest.raises(InputError, match=r"cut.pt is not readable .*is the file complete"):
         load_checkpoint_file(truncated)
+    junk = tmp_path / "junk.pt"  # neither a torch archive nor a pickle: not "objects other than tensors"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match=r"junk.pt is not a torch checkpoint \(neither a torch archive nor a pickle"):
+        load_checkpoint_file(junk)
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     with pytest.raises(InputError, match=r"empty.pt is empty or cut short"):
