@@ -55,9 +55,7 @@ def read_checkpoint_bytes(path: Union[str, Path]) -> bytes:
     """The bytes of checkpoint file ``path``, read once: hash them and load them (``path=`` of
     :func:`boxsup_ext.models.load_model_from_checkpoint` / :func:`load_checkpoint_file`) so the hash describes the
     weights loaded even while a trainer replaces the file. Errors are one line naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist; give a run's checkpoints/best.pt or latest.pt")
+    path = _existing(path, "checkpoint")
     try:
         return path.read_bytes()
     except OSError as err:
@@ -72,13 +70,19 @@ def read_model_checkpoint(path: Union[str, Path, bytes], what: str = "checkpoint
     if isinstance(path, (bytes, bytearray, memoryview)):
         label: Any = name or "checkpoint bytes"
     else:
-        path = label = Path(path)
-        if not path.is_file():
-            raise InputError(f"{what} {path} does not exist; give a trainer checkpoint (a run's checkpoints/best.pt or latest.pt)")
+        path = label = _existing(path, what)
     checkpoint = load_checkpoint_file(path, name=str(label))
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict) or "model_meta" not in checkpoint:
         raise InputError(f"{what} {label} lacks 'model'/'model_meta'; it was not written by boxsup_ext.train")
     return checkpoint
+
+
+def _existing(path: Union[str, Path], what: str) -> Path:
+    """``path`` as a Path, checked to be a file; else one line naming ``what`` (the argument)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist; give a trainer checkpoint (a run's checkpoints/best.pt or latest.pt)")
+    return path
 
 
 def checkpoint_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

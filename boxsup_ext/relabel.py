@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from boxsup_ext.config import RELABELED_MODES
+from boxsup_ext.config import RELABELED_MODES, RelabelConfig
 from boxsup_ext.core import IGNORE_LABEL, Candidates, box_pixel_ranges, unpack_rows  # the torch-free ground floor
 from boxsup_ext.models import normalize_images, predict_logits
 
@@ -45,13 +45,14 @@ class RelabelSettings:
     ``keep_margin``: with the previous round's choice of a box given, it is kept unless the newly
     drawn candidate is cheaper by more than this (None = off, the paper)."""
 
-    lam: float = 3.0
-    topk: int = 5
-    iou: str = "box"
-    clip_to_box: bool = False
-    min_iou: float = 0.0
-    agreement: float = 0.0
-    consensus_k: int = 5
+    # The defaults are the paper's, as RelabelConfig's are (one home for them).
+    lam: float = RelabelConfig.lam
+    topk: int = RelabelConfig.topk
+    iou: str = RelabelConfig.iou
+    clip_to_box: bool = RelabelConfig.clip_to_box
+    min_iou: float = RelabelConfig.min_iou
+    agreement: float = RelabelConfig.agreement
+    consensus_k: int = RelabelConfig.topk
     keep_margin: Optional[float] = None
 
     @classmethod
