@@ -73,4 +73,16 @@ std::vector<int64_t> paint_order(const std::vector<int64_t>& chosen, const std::
   return order;
 }
 
+std::vector<PaintInputs> prepare_paint_batch(at::TensorList units, at::TensorList members, at::TensorList chosen,
+                                             at::TensorList labels, at::TensorList boxes, bool clip,
+                                             int64_t unassigned) {
+  check_paint_batch_args(units, members, chosen, labels, boxes);
+  std::vector<PaintInputs> inputs;
+  inputs.reserve(units.size());
+  for (size_t b = 0; b < units.size(); ++b)
+    inputs.push_back(prepare_paint_inputs(units[b], members[b], chosen[b], labels[b], boxes[b], clip, unassigned,
+                                          image_where(true, b)));
+  return inputs;
+}
+
 }  // namespace boxsup

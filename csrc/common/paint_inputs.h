@@ -39,6 +39,12 @@ PaintInputs prepare_paint_inputs(const at::Tensor& units, const at::Tensor& memb
                                  const at::Tensor& labels, const std::optional<at::Tensor>& boxes, bool clip,
                                  int64_t unassigned, const std::string& where);
 
+// paint_labels_batched's inputs: the lists checked (one tensor of each per image, one device), then
+// prepare_paint_inputs per image. Both backends call it.
+std::vector<PaintInputs> prepare_paint_batch(at::TensorList units, at::TensorList members, at::TensorList chosen,
+                                             at::TensorList labels, at::TensorList boxes, bool clip,
+                                             int64_t unassigned);
+
 // The paint order (math::paint_rank): the boxes that have a candidate, by descending painted area
 // (ties in box order), so smaller regions are painted last and end on top.
 std::vector<int64_t> paint_order(const std::vector<int64_t>& chosen, const std::vector<int64_t>& area);

@@ -113,13 +113,8 @@ at::Tensor paint_labels_cpu(const at::Tensor& units, const at::Tensor& members, 
 std::vector<at::Tensor> paint_labels_batched_cpu(at::TensorList units, at::TensorList members, at::TensorList chosen,
                                                  at::TensorList labels, at::TensorList boxes, bool clip,
                                                  int64_t unassigned) {
-  check_paint_batch_args(units, members, chosen, labels, boxes);
-  const size_t B = units.size();
-  std::vector<PaintInputs> inputs;
-  inputs.reserve(B);
-  for (size_t b = 0; b < B; ++b)
-    inputs.push_back(prepare_paint_inputs(units[b], members[b], chosen[b], labels[b], boxes[b], clip, unassigned,
-                                          image_where(true, b)));
+  const std::vector<PaintInputs> inputs = prepare_paint_batch(units, members, chosen, labels, boxes, clip, unassigned);
+  const size_t B = inputs.size();
   std::vector<at::Tensor> out(B);
   for_each_image(B, [&](size_t b) {
     out[b] = AT_DISPATCH_INDEX_TYPES(inputs[b].units.scalar_type(), "paint_labels",

@@ -289,11 +289,7 @@ at::Tensor paint_labels_cuda(const at::Tensor& units, const at::Tensor& members,
 std::vector<at::Tensor> paint_labels_batched_cuda(at::TensorList units, at::TensorList members, at::TensorList chosen,
                                                   at::TensorList labels, at::TensorList boxes, bool clip,
                                                   int64_t unassigned) {
-  check_paint_batch_args(units, members, chosen, labels, boxes);
-  std::vector<PaintInputs> inputs;
-  for (size_t b = 0; b < units.size(); ++b)
-    inputs.push_back(prepare_paint_inputs(units[b], members[b], chosen[b], labels[b], boxes[b], clip, unassigned,
-                                          image_where(true, b)));
+  std::vector<PaintInputs> inputs = prepare_paint_batch(units, members, chosen, labels, boxes, clip, unassigned);
   if (inputs.empty()) return {};
   const at::cuda::CUDAGuard guard(units[0].device());
   return paint_batch(inputs);
