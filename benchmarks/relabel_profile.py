@@ -59,7 +59,7 @@ def profile(run_dir: Path, threads: int, repeats: int) -> dict:
     from boxsup_ext.relabel import RelabelSettings, relabel_batch
     from boxsup_ext.run_dir import open_run, read_log
     from boxsup_ext.train import open_data, open_proposal_stores
-    from boxsup_ext.training.labels import _relabel_input
+    from boxsup_ext.training.labels import relabel_input
 
     run = open_run(run_dir)
     config = run.read_config()
@@ -83,7 +83,7 @@ def profile(run_dir: Path, threads: int, repeats: int) -> dict:
             start = time.perf_counter()
             for first in range(0, len(images), batch):
                 t0 = time.perf_counter()
-                inputs = [_relabel_input(training.datasets, stores, image, None) for image in images[first:first + batch]]
+                inputs = [relabel_input(training.datasets, stores, image, None) for image in images[first:first + batch]]
                 read += time.perf_counter() - t0
                 relabel_batch(model, inputs, settings, config.run.seed, config.train.epochs, device)
             total = time.perf_counter() - start

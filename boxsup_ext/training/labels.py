@@ -265,7 +265,7 @@ def relabel_images(
         batch = shard[first : first + batch_size]
         if not batch:
             continue
-        inputs = [_relabel_input(datasets, setup.stores, image, previous.get(image.image_id)) for image in batch]
+        inputs = [relabel_input(datasets, setup.stores, image, previous.get(image.image_id)) for image in batch]
         for image, result in zip(batch, relabel_batch(net, inputs, settings, config.run.seed, epoch, ctx.device)):
             save_label_png(setup.run.label_file(image.image_id), result.label)
             choices[image.image_id] = result.chosen.tolist()
@@ -285,7 +285,9 @@ def changed_fraction(choices: dict[str, list[int]], previous: dict[str, list[int
     return changed / common_boxes if common_boxes else None
 
 
-def _relabel_input(datasets: Sequence[Any], stores: dict[int, Any], image: TrainImage, previous: Optional[list[int]]) -> RelabelInput:
+def relabel_input(datasets: Sequence[Any], stores: dict[int, Any], image: TrainImage, previous: Optional[list[int]]) -> RelabelInput:
+    """The relabel step's input for one training image: its pixels, its store entry's candidates, its boxes and
+    labels, and the previous round's choices (``previous``; None for none). Also used by benchmarks/relabel_profile.py."""
     dataset = datasets[image.source]
     record = dataset[image.index]
     entry = stores[image.source].get(image.image_id)  # checked against the image (size, provenance) by the store
